@@ -1,0 +1,45 @@
+"""The ``kombu-streams`` command: a self-checking demo and read-only inspection.
+
+Every subcommand prints one line and exits with code 2 when it cannot do its
+work (server unreachable, invalid URL, a key of the wrong type), with code 1
+when the demo finds a lost or duplicated message, and with code 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from .. import __version__
+# Modules, not names: importing the command ``demo`` here would hide the
+# module ``cli.demo`` behind it.
+from . import demo_command, inspect_commands
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="WARNING",
+    show_default=True,
+    help="Minimum level of the log messages printed to standard error.",
+)
+@click.version_option(__version__, prog_name="kombu-streams")
+def main(log_level: str) -> None:
+    """Run a demo of the Redis Streams transport, or inspect its queues."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+main.add_command(demo_command.demo)
+main.add_command(inspect_commands.queues)
+main.add_command(inspect_commands.consumers)
+main.add_command(inspect_commands.pending)
+main.add_command(inspect_commands.dead)
+
+__all__ = ["main"]

@@ -1,0 +1,73 @@
+"""Conversion between kombu's message envelope and the fields of a stream entry.
+
+An entry has two fields: ``body``, the message body as bytes, and ``meta``,
+JSON of everything else in kombu's envelope (headers, properties, content type
+and encoding). Keeping the body out of the JSON spares both the base64 step
+and the JSON escaping of binary data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu.utils.json import dumps, loads
+
+BODY_FIELD = b"body"
+META_FIELD = b"meta"
+
+#: Header that carries how many times a message was delivered, on redeliveries.
+DELIVERY_COUNT_HEADER = "x-delivery-count"
+
+
+class MalformedEntry(ValueError):
+    """A stream entry that cannot be turned back into a kombu message."""
+
+
+def encode(message: dict[str, Any]) -> tuple[bytes | str, str]:
+    """Split a kombu message dict into the ``body`` and ``meta`` field values."""
+    body = message.get("body")
+    if body is None:
+        body = b""
+    meta = {key: value for key, value in message.items() if key != "body"}
+    properties = dict(meta.get("properties") or {})
+    # The delivery tag names one delivery, so each read makes a new one.
+    properties.pop("delivery_tag", None)
+    meta["properties"] = properties
+    return body, dumps(meta)
+
+
+def decode(fields: list[bytes] | None) -> dict[str, Any]:
+    """Rebuild a kombu message dict from the flat field list of an entry.
+
+    Raises:
+        MalformedEntry: the entry lacks a field, or ``meta`` is not a JSON
+            object with a ``properties`` object.
+    """
+    if not fields:
+        raise MalformedEntry("the entry has no fields")
+    values = dict(zip(fields[::2], fields[1::2]))
+    try:
+        body = values[BODY_FIELD]
+        raw_meta = values[META_FIELD]
+    except KeyError as exc:
+        raise MalformedEntry(f"the entry has no {exc.args[0]!r} field") from None
+    try:
+        meta = loads(raw_meta)
+    except ValueError as exc:
+        raise MalformedEntry(f"the meta field is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("properties"), dict):
+        raise MalformedEntry("the meta field is not a JSON object with properties")
+    meta["body"] = body
+    properties = meta["properties"]
+    if not isinstance(properties.get("delivery_info"), dict):
+        properties["delivery_info"] = {}
+    if not isinstance(meta.get("headers"), dict):
+        meta["headers"] = {}
+    return meta
+
+
+def mark_redelivered(message: dict[str, Any], delivery_count: int) -> None:
+    """Flag ``message`` as redelivered the way kombu's redis transport does."""
+    message["headers"]["redelivered"] = True
+    message["headers"][DELIVERY_COUNT_HEADER] = delivery_count
+    message["properties"]["delivery_info"]["redelivered"] = True

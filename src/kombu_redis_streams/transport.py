@@ -1,0 +1,297 @@
+"""The kombu transport: connection setup, ``drain_events`` and the event loop.
+
+Consuming works the same way on both paths. A channel with prefetch credit
+runs the fetch script, which claims new entries in priority order. When the
+fetch finds nothing, the channel sends ``XREAD BLOCK`` on its own connection
+and waits for that socket; a reply means new entries, so the channel fetches
+again. An idle channel therefore costs one blocking read per block period.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import threading
+from time import monotonic, sleep
+from typing import Any
+
+import redis
+from kombu.transport import virtual
+
+from .channel import Channel
+from .connection import connection_params
+from .errors import CHANNEL_ERRORS, CONNECTION_ERRORS, check_server_version
+from .keys import KeySpace
+from .lease import LeaseKeeper
+from .options import TransportOptions
+from .routing import RoutingCache
+from .scripts import Scripts
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a blocking read may be late before its connection counts as dead,
+#: when ``health_check_interval`` is 0.
+MIN_HEALTH_SLACK_S = 5.0
+
+
+class Transport(virtual.Transport):
+    """Kombu transport on Redis Streams, a drop-in for kombu's ``redis``."""
+
+    Channel = Channel
+
+    #: Celery enables fanout events, mingle, gossip and
+    #: ``worker_disable_prefetch`` only for these driver types.
+    driver_type = "redis"
+    driver_name = "redis"
+    default_port = 6379
+    polling_interval = None
+    #: ``rediss-streams://`` URLs set this: TLS with verified certificates.
+    tls = False
+
+    implements = virtual.Transport.implements.extend(
+        asynchronous=True,
+        exchange_type=frozenset(["direct", "topic", "fanout"]),
+    )
+
+    connection_errors = CONNECTION_ERRORS
+    channel_errors = CHANNEL_ERRORS
+
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        self.options = TransportOptions.from_mapping(client.transport_options)
+        super().__init__(client, **kwargs)
+        self.keys = KeySpace(self.options.global_keyprefix, self.options.consumer_group_prefix)
+        self.routing = RoutingCache(lambda: self.redis_client, self.keys, self.options.sep)
+        self._pool: redis.ConnectionPool | None = None
+        self._client: redis.Redis | None = None
+        self._scripts: Scripts | None = None
+        self._server: str | None = None
+        self._lock = threading.Lock()
+        self._loop: Any = None
+        self._timers: list[Any] = []
+        self._reader_fds: dict[Channel, int] = {}
+        self.leases = LeaseKeeper(
+            lambda: list(self.channels), self.options.visibility_timeout,
+            self.connection_errors,
+        )
+
+    def create_channel(self, connection: Any) -> Channel:
+        """Create a channel and make sure the lease keeper runs."""
+        channel = super().create_channel(connection)
+        self.leases.start()
+        return channel
+
+    # -- clients -----------------------------------------------------------------
+
+    @property
+    def pool(self) -> redis.ConnectionPool:
+        """The pool of command connections shared by this transport's channels."""
+        with self._lock:
+            if self._pool is None:
+                params = connection_params(self.client, self.options, tls=self.tls)
+                self._pool = redis.ConnectionPool(**params)
+            return self._pool
+
+    @property
+    def redis_client(self) -> redis.Redis:
+        """A redis-py client on :attr:`pool`, for short commands.
+
+        ``client`` is taken: kombu's transports name the kombu Connection so.
+        """
+        if self._client is None:
+            self._client = redis.Redis(connection_pool=self.pool)
+        return self._client
+
+    @property
+    def scripts(self) -> Scripts:
+        """The Lua scripts, registered with :attr:`redis_client`."""
+        if self._scripts is None:
+            self._scripts = Scripts(self.redis_client)
+        return self._scripts
+
+    def check_server(self) -> None:
+        """Refuse servers older than Redis 6.2 or Valkey 7.2, once per transport."""
+        if self._server is not None:
+            return
+        info = self.redis_client.info("server")
+        self._server = check_server_version(info)
+        self._warn_about_eviction()
+        logger.debug("Connected to %s.", self._server)
+
+    def _warn_about_eviction(self) -> None:
+        try:
+            policy = self.redis_client.config_get("maxmemory-policy").get("maxmemory-policy")
+        except redis.ResponseError:
+            return  # CONFIG is often disabled on managed servers
+        if policy and policy != "noeviction":
+            logger.warning(
+                "The server's maxmemory-policy is %r: under memory pressure it may "
+                "evict whole queues. Set it to 'noeviction' to keep every message.",
+                policy,
+            )
+
+    def driver_version(self) -> str:
+        """Return the version of redis-py."""
+        return str(redis.__version__)
+
+    # -- synchronous consuming ---------------------------------------------------
+
+    def drain_events(self, connection: Any, timeout: float | None = None) -> None:
+        """Deliver one message, waiting at most ``timeout`` seconds.
+
+        Raises:
+            socket.timeout: no message arrived within ``timeout``.
+        """
+        deadline = None if timeout is None else monotonic() + timeout
+        while True:
+            if self._deliver_one():
+                return
+            remaining = None if deadline is None else deadline - monotonic()
+            if remaining is not None and remaining <= 0:
+                raise socket.timeout()
+            self._wait(remaining)
+
+    def _consuming(self) -> list[Channel]:
+        return [channel for channel in self.channels if channel.is_consuming()]
+
+    def _deliver_one(self) -> bool:
+        channels = self._consuming()
+        for channel in channels:
+            if channel.reclaim_due():
+                channel.reclaim()
+        for channel in channels:
+            while channel.buffered():
+                if channel.deliver_buffered(limit=1):
+                    self._rotate(channel)
+                    return True
+        for channel in channels:
+            if channel.needs_fetch or channel.last_ids() is None:
+                while channel.fetch():
+                    if channel.deliver_buffered(limit=1):
+                        self._rotate(channel)
+                        return True
+        return False
+
+    def _rotate(self, channel: Channel) -> None:
+        # Serve channels in turn, as kombu's FairCycle does.
+        if len(self.channels) > 1 and channel in self.channels:
+            self.channels.remove(channel)
+            self.channels.append(channel)
+
+    def _wait(self, remaining: float | None) -> None:
+        waiting: dict[int, Channel] = {}
+        for channel in self._consuming():
+            reader = channel.reader
+            if not reader.in_flight:
+                last_ids = channel.last_ids()
+                if channel.credit() <= 0 or last_ids is None:
+                    continue
+                reader.send(last_ids)
+            reader.check_alive(self._health_slack_s())
+            fd = reader.fileno()
+            if fd is not None:
+                waiting[fd] = channel
+
+        period = self.options.block_timeout_s
+        timeout = period if remaining is None else min(remaining, period)
+        if not waiting:
+            # No credit or no consumer: acks from other threads may free credit.
+            sleep(min(timeout, 0.1))
+            return
+
+        poller = select.poll()
+        for fd in waiting:
+            poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+        for fd, _ in poller.poll(timeout * 1000):
+            channel = waiting[fd]
+            if channel.reader.read():
+                channel.needs_fetch = True
+
+    def _health_slack_s(self) -> float:
+        return max(self.options.health_check_interval, MIN_HEALTH_SLACK_S)
+
+    # -- event loop --------------------------------------------------------------
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        """Consume through kombu's hub: sockets polled, no thread, no busy loop."""
+        for timer in self._timers:
+            timer.cancel()
+        self._loop = loop
+        self._reader_fds.clear()
+        loop.on_tick.add(self._on_tick)
+        self._timers = [
+            loop.call_repeatedly(self.options.unacked_restore_interval, self._on_reclaim_timer)
+        ]
+
+    def _on_tick(self) -> None:
+        for channel in self._consuming():
+            reader = channel.reader
+            if reader.in_flight:
+                try:
+                    reader.check_alive(self._health_slack_s())
+                except redis.ConnectionError:
+                    self.forget_reader(channel)
+                    raise
+                continue
+            channel.deliver_buffered()
+            if channel.credit() <= 0:
+                continue
+            if channel.needs_fetch or channel.last_ids() is None:
+                if channel.fetch():
+                    channel.deliver_buffered()
+                    continue
+            last_ids = channel.last_ids()
+            if last_ids is None:
+                continue
+            fd = reader.send(last_ids)
+            if self._reader_fds.get(channel) != fd:
+                self.forget_reader(channel)
+                self._loop.add_reader(fd, self._on_readable, channel)
+                self._reader_fds[channel] = fd
+
+    def _on_readable(self, channel: Channel) -> None:
+        reader = channel.reader
+        if not reader.in_flight:
+            # Readable with nothing asked: the server closed the connection.
+            self.forget_reader(channel)
+            reader.close()
+            return
+        try:
+            if reader.read():
+                channel.needs_fetch = True
+        except redis.ConnectionError:
+            self.forget_reader(channel)
+            raise
+
+    def _on_reclaim_timer(self) -> None:
+        for channel in self._consuming():
+            try:
+                if channel.reclaim():
+                    channel.deliver_buffered()
+            except self.connection_errors as exc:
+                logger.warning(
+                    "The reclaim scan failed (%s); it runs again in %.0f s.",
+                    exc, self.options.unacked_restore_interval,
+                )
+
+    def forget_reader(self, channel: Channel) -> None:
+        """Remove a channel's blocking-read socket from the event loop."""
+        fd = self._reader_fds.pop(channel, None)
+        if fd is not None and self._loop is not None:
+            self._loop.remove(fd)
+
+    def close_connection(self, connection: Any) -> None:
+        """Close every channel, then the connections of the pool."""
+        self.leases.stop()
+        for timer in self._timers:
+            timer.cancel()
+        self._timers = []
+        super().close_connection(connection)
+        if self._pool is not None:
+            self._pool.disconnect()
+
+
+class TLSTransport(Transport):
+    """The transport of ``rediss-streams://`` URLs: TLS, certificates verified."""
+
+    tls = True
