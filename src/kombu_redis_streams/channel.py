@@ -419,7 +419,7 @@ class Channel(virtual.Channel):
         return UNLIMITED_READ_COUNT if estimate is None else estimate
 
     def last_ids(self) -> dict[str, str] | None:
-        """Return the IDs a blocking read starts from, once a fetch found nothing."""
+        """Return the IDs a blocking read starts from; None before any fetch."""
         return self._last_ids
 
     def fetch(self) -> int:
@@ -430,7 +430,7 @@ class Channel(virtual.Channel):
             return 0
         entries, last_ids = self._fetch(plan, credit)
         self._buffer.extend(entries)
-        self._last_ids = last_ids if not entries else None
+        self._last_ids = last_ids
         self.needs_fetch = bool(entries)
         return len(entries)
 
@@ -444,7 +444,7 @@ class Channel(virtual.Channel):
             keys=keys, args=args, client=self.client
         )
         self._streams_read.update((target.stream, target.group) for target in plan)
-        self._handle_notes(plan, notes)
+        broken = self._handle_notes(plan, notes)
 
         entries = [
             Entry(plan[int(index) - 1], _text(entry_id), fields)
@@ -452,16 +452,19 @@ class Channel(virtual.Channel):
                 raw_entries[::3], raw_entries[1::3], raw_entries[2::3]
             )
         ]
-        last_ids = None
-        if all(raw_last_ids):
-            last_ids = {
-                target.stream: _text(last_id)
-                for target, last_id in zip(plan, raw_last_ids)
-            }
+        # A stream the credit did not reach waits from its start: any entry
+        # in it wakes the blocking read, and the next fetch sorts it out.
+        last_ids = {
+            target.stream: _text(last_id) if last_id else "0-0"
+            for target, last_id in zip(plan, raw_last_ids)
+            if target.stream not in broken
+        }
         return entries, last_ids
 
-    def _handle_notes(self, plan: list[ReadTarget], notes: list[Any]) -> None:
+    def _handle_notes(self, plan: list[ReadTarget], notes: list[Any]) -> set[str]:
+        """Log what the fetch script noted; return the streams it could not read."""
         repaired = False
+        broken: set[str] = set()
         for index, note in zip(notes[::2], notes[1::2]):
             target = plan[int(index) - 1]
             text = _text(note)
@@ -473,9 +476,11 @@ class Channel(virtual.Channel):
                     "and consumption goes on.", target.group, target.stream,
                 )
             else:
+                broken.add(target.stream)
                 self._log_broken_key(target.stream, text)
         if repaired:
             self._redeclare_bindings()
+        return broken
 
     def _log_broken_key(self, stream: str, error: str) -> None:
         now = monotonic()

@@ -235,11 +235,14 @@ class Transport(virtual.Transport):
                 continue
             channel.deliver_buffered()
             if channel.credit() <= 0:
-                continue
+                continue  # an ack frees credit; the next tick reads again
             if channel.needs_fetch or channel.last_ids() is None:
-                if channel.fetch():
-                    channel.deliver_buffered()
+                channel.fetch()
+                channel.deliver_buffered()
+                if channel.credit() <= 0:
                     continue
+            # One blocking read per batch: it returns at once when entries are
+            # left, so the hub wakes for the next batch instead of sleeping.
             last_ids = channel.last_ids()
             if last_ids is None:
                 continue

@@ -9,9 +9,11 @@
 --
 -- Returns {entries, last_ids, notes}:
 --   entries: flat list of stream index, entry ID, field list.
---   last_ids: for each stream, the group's last delivered ID when the stream
---     gave nothing, else false; a blocking XREAD from these IDs wakes on the
---     first entry added after this call.
+--   last_ids: for each stream, the ID of the last entry read from it, or the
+--     group's last delivered ID when it gave nothing, or false when the credit
+--     ran out before the stream was read. A blocking XREAD from these IDs
+--     returns at once if entries are left and otherwise wakes on the first
+--     entry added after this call.
 --   notes: flat list of stream index and a note: 'created' when a missing
 --     group (or stream) was created, or the error text of a failed read.
 local consumer = ARGV[1]
@@ -61,6 +63,7 @@ for i, key in ipairs(KEYS) do
         table.insert(ids, entry[1])
       end
       credit = credit - #got
+      last_ids[i] = got[#got][1]
       if noack then
         discard(key, string.lower(mode), ids)
       end
