@@ -1,0 +1,75 @@
+"""A real Celery worker process runs tasks through the streams transport."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kombu_redis_streams.embedded import EmbeddedServer
+
+pytestmark = pytest.mark.celery
+
+APP = textwrap.dedent(
+    """
+    import os
+
+    import kombu_redis_streams  # noqa: F401
+    from celery import Celery
+
+    app = Celery("smoke", broker=os.environ["BROKER_URL"], backend=os.environ["RESULT_URL"])
+    app.conf.broker_connection_retry_on_startup = True
+
+    @app.task
+    def add(x, y):
+        return x + y
+    """
+)
+
+
+@pytest.fixture
+def celery_app_dir(tmp_path: Path, server: EmbeddedServer, broker_url: str,
+                   monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    (tmp_path / "smoke_app.py").write_text(APP)
+    monkeypatch.setenv("BROKER_URL", broker_url)
+    monkeypatch.setenv("RESULT_URL", f"redis://127.0.0.1:{server.port}/1")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    sys.modules.pop("smoke_app", None)
+
+
+def start_worker(app_dir: Path, pool: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=str(app_dir))
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "smoke_app", "worker", f"--pool={pool}",
+         "--concurrency=2", "--loglevel=INFO", "--without-mingle", "--without-gossip"],
+        cwd=app_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+@pytest.mark.parametrize("pool", ["solo", "prefork"])
+def test_worker_runs_tasks(celery_app_dir: Path, pool: str) -> None:
+    import smoke_app  # type: ignore[import-not-found]
+
+    worker = start_worker(celery_app_dir, pool)
+    try:
+        results = [smoke_app.add.delay(number, number) for number in range(20)]
+        values = [result.get(timeout=30) for result in results]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            output, _ = worker.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            output, _ = worker.communicate()
+    assert values == [number * 2 for number in range(20)], output
+    assert "redis-streams://" in output
+    assert output.count("succeeded in") == 20
+    assert worker.returncode == 0, output
+    smoke_app.app.close()
