@@ -16,7 +16,7 @@ from .transport import TLSTransport, Transport
 
 __version__ = "0.1.0"
 
-#: URL schemes this package answers to.
+#: URL schemes this package registers with kombu.
 SCHEMES = {
     "redis-streams": "kombu_redis_streams.transport:Transport",
     "rediss-streams": "kombu_redis_streams.transport:TLSTransport",

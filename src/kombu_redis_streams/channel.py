@@ -12,8 +12,8 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from kombu.exceptions import ChannelError
-from kombu.transport.base import to_rabbitmq_queue_arguments
 from kombu.transport import virtual
+from kombu.transport.base import to_rabbitmq_queue_arguments
 from kombu.transport.virtual.exchange import FanoutExchange
 from kombu.utils.scheduling import cycle_by_name
 from redis import exceptions as redis_errors
@@ -21,8 +21,8 @@ from redis import exceptions as redis_errors
 from . import envelope
 from .errors import QueueFullError, StaleRoutingError
 from .keys import clamp_priority, priority_step
-from .plan import QUEUE_MODE, Delivery, Entry, ReadTarget, build_plan
-from .qos import QoS
+from .plan import Delivery, Entry, ReadTarget, build_plan
+from .qos import QoS as StreamsQoS
 from .reader import BlockingReader
 
 if TYPE_CHECKING:
@@ -43,14 +43,14 @@ BROKEN_KEY_LOG_INTERVAL_S = 60.0
 class Channel(virtual.Channel):
     """A kombu channel whose queues are Redis streams read by consumer groups."""
 
-    QoS = QoS
+    QoS = StreamsQoS
     supports_fanout = True
     # Options are validated once by the transport; the virtual channel would
     # copy raw values over them.
     from_transport_options = ()
 
     connection: Transport
-    _qos: QoS | None
+    _qos: StreamsQoS | None
 
     def __init__(self, connection: Transport, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)
@@ -82,8 +82,13 @@ class Channel(virtual.Channel):
 
     # -- exchanges and bindings ------------------------------------------------
 
-    def exchange_declare(self, exchange: str | None = None, type: str = "direct",
-                         passive: bool = False, **kwargs: Any) -> None:
+    def exchange_declare(
+        self,
+        exchange: str | None = None,
+        type: str = "direct",
+        passive: bool = False,
+        **kwargs: Any,
+    ) -> None:
         """Declare an exchange and store its type where every process sees it."""
         super().exchange_declare(exchange, type, passive=passive, **kwargs)
         if passive or not exchange:
@@ -110,8 +115,9 @@ class Channel(virtual.Channel):
         _, table, _ = self.connection.routing.lookup(exchange)
         return table
 
-    def _queue_bind(self, exchange: str, routing_key: str, pattern: str,
-                    queue: str) -> None:
+    def _queue_bind(
+        self, exchange: str, routing_key: str, pattern: str, queue: str
+    ) -> None:
         # The group comes first, so that once the binding is visible no
         # message published to a fanout exchange can miss this queue.
         if isinstance(self.typeof(exchange), FanoutExchange):
@@ -121,8 +127,14 @@ class Channel(virtual.Channel):
             self.client.set(self.keys.routing_version, _new_version())
             self.connection.routing.invalidate()
 
-    def queue_bind(self, queue: str, exchange: str | None = None,
-                   routing_key: str = "", arguments: Any = None, **kwargs: Any) -> None:
+    def queue_bind(
+        self,
+        queue: str,
+        exchange: str | None = None,
+        routing_key: str = "",
+        arguments: Any = None,
+        **kwargs: Any,
+    ) -> None:
         """Bind a queue; a binding known to this process is written again.
 
         Writing again is idempotent and repairs a server that lost its data,
@@ -130,14 +142,21 @@ class Channel(virtual.Channel):
         """
         exchange = exchange or "amq.direct"
         if self.state.has_binding(queue, exchange, routing_key):
-            meta = self.typeof(exchange).prepare_bind(queue, exchange, routing_key, arguments)
+            meta = self.typeof(exchange).prepare_bind(
+                queue, exchange, routing_key, arguments
+            )
             self._queue_bind(exchange, *meta)
             return
         super().queue_bind(queue, exchange, routing_key, arguments, **kwargs)
 
-    def queue_unbind(self, queue: str, exchange: str | None = None,
-                     routing_key: str = "", arguments: Any = None,
-                     **kwargs: Any) -> None:
+    def queue_unbind(
+        self,
+        queue: str,
+        exchange: str | None = None,
+        routing_key: str = "",
+        arguments: Any = None,
+        **kwargs: Any,
+    ) -> None:
         """Remove a binding from Redis, and the queue's group on a fanout stream."""
         exchange = exchange or "amq.direct"
         exchange_type = self.typeof(exchange)
@@ -147,8 +166,9 @@ class Channel(virtual.Channel):
         fanout_queue = queue if isinstance(exchange_type, FanoutExchange) else None
         self._remove_bindings(exchange, [member], fanout_queue)
 
-    def _remove_bindings(self, exchange: str, members: list[Any],
-                         fanout_queue: str | None) -> None:
+    def _remove_bindings(
+        self, exchange: str, members: list[Any], fanout_queue: str | None
+    ) -> None:
         if members and self.client.srem(self.keys.bindings(exchange), *members):
             self.client.set(self.keys.routing_version, _new_version())
             self.connection.routing.invalidate()
@@ -211,7 +231,9 @@ class Channel(virtual.Channel):
             results = pipe.execute(raise_on_error=False)
         ready = 0
         for length, pending in zip(results[::2], results[1::2]):
-            if isinstance(length, redis_errors.ResponseError) and "WRONGTYPE" in str(length):
+            if isinstance(length, redis_errors.ResponseError) and "WRONGTYPE" in str(
+                length
+            ):
                 continue  # not a stream: it holds no message of this queue
             if isinstance(length, Exception):
                 raise length
@@ -226,8 +248,9 @@ class Channel(virtual.Channel):
         )
         return int(removed)
 
-    def queue_delete(self, queue: str, if_unused: bool = False,
-                     if_empty: bool = False, **kwargs: Any) -> None:
+    def queue_delete(
+        self, queue: str, if_unused: bool = False, if_empty: bool = False, **kwargs: Any
+    ) -> None:
         """Delete the queue's streams and its bindings, wherever they were made."""
         if if_empty and self._size(queue):
             return
@@ -258,8 +281,9 @@ class Channel(virtual.Channel):
 
     # -- publish ---------------------------------------------------------------
 
-    def basic_publish(self, message: dict[str, Any], exchange: str,
-                      routing_key: str, **kwargs: Any) -> None:
+    def basic_publish(
+        self, message: dict[str, Any], exchange: str, routing_key: str, **kwargs: Any
+    ) -> None:
         """Append the message to the stream of every queue it routes to.
 
         Raises:
@@ -305,20 +329,29 @@ class Channel(virtual.Channel):
             "while a message was being published; it was not published. Retry it."
         )
 
-    def _route(self, exchange: str, routing_key: str,
-               step: int) -> tuple[str, list[tuple[str, int]]]:
+    def _route(
+        self, exchange: str, routing_key: str, step: int
+    ) -> tuple[str, list[tuple[str, int]]]:
         if not exchange:
             queue = routing_key or self.deadletter_queue
             if not queue:
                 return "", []
-            return "", [(self.keys.queue_stream(queue, step), self.connection.routing.expire_ms(queue))]
+            return "", [
+                (
+                    self.keys.queue_stream(queue, step),
+                    self.connection.routing.expire_ms(queue),
+                )
+            ]
 
         version, table, _ = self.connection.routing.lookup(exchange)
         if isinstance(self.typeof(exchange), FanoutExchange) and table:
             return version, [(self.keys.fanout_stream(exchange), 0)]
         queues = self._lookup(exchange, routing_key)
         streams = [
-            (self.keys.queue_stream(queue, step), self.connection.routing.expire_ms(queue))
+            (
+                self.keys.queue_stream(queue, step),
+                self.connection.routing.expire_ms(queue),
+            )
             for queue in dict.fromkeys(queues)
         ]
         return version, streams
@@ -327,11 +360,14 @@ class Channel(virtual.Channel):
         # Used by kombu's exchange types only; basic_publish routes itself.
         body, meta = envelope.encode(message)
         priority = clamp_priority(message["properties"].get("priority"))
-        stream = self.keys.queue_stream(queue, priority_step(priority, self.options.priority_steps))
+        stream = self.keys.queue_stream(
+            queue, priority_step(priority, self.options.priority_steps)
+        )
         self.client.xadd(stream, {envelope.BODY_FIELD: body, envelope.META_FIELD: meta})
 
-    def _put_fanout(self, exchange: str, message: dict[str, Any],
-                    routing_key: str, **kwargs: Any) -> None:
+    def _put_fanout(
+        self, exchange: str, message: dict[str, Any], routing_key: str, **kwargs: Any
+    ) -> None:
         body, meta = envelope.encode(message)
         self.client.xadd(
             self.keys.fanout_stream(exchange),
@@ -384,7 +420,9 @@ class Channel(virtual.Channel):
     def plan(self) -> list[ReadTarget]:
         """Return the streams this channel reads, in read order."""
         if self._plan is None:
-            queues = list(dict.fromkeys(self._queue_cycle.consume(len(self._active_queues))))
+            queues = list(
+                dict.fromkeys(self._queue_cycle.consume(len(self._active_queues)))
+            )
             self._plan = self._targets_for(queues, self._no_ack_queues)
             streams = {target.stream for target in self._plan}
             if self._last_ids is not None and set(self._last_ids) != streams:
@@ -434,8 +472,9 @@ class Channel(virtual.Channel):
         self.needs_fetch = bool(entries)
         return len(entries)
 
-    def _fetch(self, plan: list[ReadTarget],
-               credit: int) -> tuple[list[Entry], dict[str, str] | None]:
+    def _fetch(
+        self, plan: list[ReadTarget], credit: int
+    ) -> tuple[list[Entry], dict[str, str] | None]:
         keys = [target.stream for target in plan]
         args: list[Any] = [self.consumer_name, credit]
         for target in plan:
@@ -473,7 +512,9 @@ class Channel(virtual.Channel):
                 logger.warning(
                     "Consumer group %r of stream %r was missing (a restart without "
                     "persistence, FLUSHALL, DEL or eviction); it was created again "
-                    "and consumption goes on.", target.group, target.stream,
+                    "and consumption goes on.",
+                    target.group,
+                    target.stream,
                 )
             else:
                 broken.add(target.stream)
@@ -490,7 +531,8 @@ class Channel(virtual.Channel):
         logger.error(
             "Cannot read key %r as a stream (%s); it is skipped while the other "
             "streams are consumed. Delete or rename the key to repair the queue.",
-            stream, error,
+            stream,
+            error,
         )
 
     def _redeclare_bindings(self) -> None:
@@ -501,13 +543,18 @@ class Channel(virtual.Channel):
                 self.client.hset(self.keys.exchange_types, name, exchange["type"])
         self.client.set(self.keys.routing_version, _new_version())
         routing.invalidate()
-        for (queue, exchange, routing_key), arguments in list(self.state.bindings.items()):
-            meta = self.typeof(exchange).prepare_bind(queue, exchange, routing_key, arguments)
+        for (queue, exchange, routing_key), arguments in list(
+            self.state.bindings.items()
+        ):
+            meta = self.typeof(exchange).prepare_bind(
+                queue, exchange, routing_key, arguments
+            )
             self._queue_bind(exchange, *meta)
         logger.warning(
             "Wrote %d exchange types and %d bindings of this process to the server "
             "again, because it had lost them.",
-            len(self.state.exchanges), len(self.state.bindings),
+            len(self.state.exchanges),
+            len(self.state.bindings),
         )
 
     def deliver_buffered(self, limit: int | None = None) -> int:
@@ -549,7 +596,10 @@ class Channel(virtual.Channel):
         logger.error(
             "Entry %s of stream %r cannot be read as a message (%s); it was moved "
             "to %r for inspection and consumption goes on.",
-            entry.entry_id, target.stream, reason, dead,
+            entry.entry_id,
+            target.stream,
+            reason,
+            dead,
         )
         self.scripts.dead_letter(
             keys=[target.stream, dead],
@@ -579,26 +629,37 @@ class Channel(virtual.Channel):
         raw["properties"] = dict(raw["properties"])
         raw["properties"]["delivery_info"] = dict(raw["properties"]["delivery_info"])
         count_so_far = raw["headers"].get(envelope.DELIVERY_COUNT_HEADER, 1)
-        envelope.mark_redelivered(raw, count_so_far if isinstance(count_so_far, int) else 1)
+        envelope.mark_redelivered(
+            raw, count_so_far if isinstance(count_so_far, int) else 1
+        )
         if delivery is None:
             queue = raw["properties"]["delivery_info"].get("routing_key")
             logger.warning(
                 "Delivery %r is unknown to this channel; the message is published "
-                "again to queue %r.", delivery_tag, queue,
+                "again to queue %r.",
+                delivery_tag,
+                queue,
             )
             self._put(queue, raw)
             return
         self._append_and_settle(delivery.target, delivery.entry_id, raw)
 
-    def _append_and_settle(self, target: ReadTarget, entry_id: str,
-                           raw: dict[str, Any]) -> None:
+    def _append_and_settle(
+        self, target: ReadTarget, entry_id: str, raw: dict[str, Any]
+    ) -> None:
         body, meta = envelope.encode(raw)
         priority = clamp_priority(raw["properties"].get("priority"))
         step = priority_step(priority, self.options.priority_steps)
         self.scripts.requeue(
             keys=[target.stream, self.keys.queue_stream(target.queue, step)],
-            args=[target.group, target.kind, entry_id, body, meta,
-                  self.connection.routing.expire_ms(target.queue)],
+            args=[
+                target.group,
+                target.kind,
+                entry_id,
+                body,
+                meta,
+                self.connection.routing.expire_ms(target.queue),
+            ],
             client=self.client,
         )
 
@@ -656,14 +717,19 @@ class Channel(virtual.Channel):
                 continue
             next_start, claimed = reply
             self._reclaim_cursors[target.stream] = _text(next_start)
-            for entry_id, fields, deliveries in zip(claimed[::3], claimed[1::3], claimed[2::3]):
+            for entry_id, fields, deliveries in zip(
+                claimed[::3], claimed[1::3], claimed[2::3]
+            ):
                 entry_id = _text(entry_id)
                 if entry_id in held:
                     continue
                 logger.warning(
                     "Entry %s of stream %r was idle for over %.0f s in another "
                     "consumer; it is taken over and delivered again (delivery %d).",
-                    entry_id, target.stream, self.options.visibility_timeout, deliveries,
+                    entry_id,
+                    target.stream,
+                    self.options.visibility_timeout,
+                    deliveries,
                 )
                 self._buffer.append(Entry(target, entry_id, fields, int(deliveries)))
                 taken += 1
@@ -688,7 +754,7 @@ class Channel(virtual.Channel):
                 continue
         else:
             return
-        by_stream: dict[tuple[str, str], list[str]] = {}
+        by_stream: dict[tuple[str, str], list[Any]] = {}
         for target, entry_id in held:
             if not target.no_ack:
                 by_stream.setdefault((target.stream, target.group), []).append(entry_id)
@@ -725,7 +791,8 @@ class Channel(virtual.Channel):
             logger.warning(
                 "Could not give back messages while closing channel %s (%s); they "
                 "stay pending and are taken over after visibility_timeout.",
-                self.channel_id, exc,
+                self.channel_id,
+                exc,
             )
         finally:
             self.reader.close()
@@ -739,7 +806,9 @@ class Channel(virtual.Channel):
 
     def _create_group(self, stream: str, queue: str, start: str) -> None:
         try:
-            self.client.xgroup_create(stream, self.keys.group(queue), start, mkstream=True)
+            self.client.xgroup_create(
+                stream, self.keys.group(queue), start, mkstream=True
+            )
         except redis_errors.ResponseError as exc:
             _raise_unless_busygroup(exc)
 
@@ -753,7 +822,8 @@ def _raise_unless_busygroup(result: Any) -> None:
             logger.error(
                 "A key of this queue is not a stream (%s); the queue cannot use it. "
                 "Delete or rename the key, or set global_keyprefix to keep this "
-                "transport's keys apart.", result,
+                "transport's keys apart.",
+                result,
             )
             return
         raise result
@@ -776,4 +846,3 @@ def _queue_expire_ms(kwargs: dict[str, Any]) -> int:
 
 def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-

@@ -20,7 +20,11 @@ from .options import TransportOptions
 
 logger = logging.getLogger(__name__)
 
-_TCP_ONLY_PARAMS = ("socket_connect_timeout", "socket_keepalive", "socket_keepalive_options")
+_TCP_ONLY_PARAMS = (
+    "socket_connect_timeout",
+    "socket_keepalive",
+    "socket_keepalive_options",
+)
 
 
 def parse_db(virtual_host: Any) -> int:
@@ -56,7 +60,7 @@ def connection_params(
     Arguments:
         conninfo: the ``kombu.Connection`` of the transport.
         options: the validated transport options.
-        tls: the URL scheme asks for TLS (``rediss-streams://``); certificates
+        tls: the URL scheme requests TLS (``rediss-streams://``); certificates
             are verified unless ``ssl_cert_reqs`` says otherwise.
     """
     params: dict[str, Any] = {
@@ -110,9 +114,9 @@ def connection_params(
 def tls_params(ssl_options: Any) -> dict[str, Any]:
     """Return redis-py TLS arguments, verifying certificates by default.
 
-    kombu's ``rediss://`` turns verification off when no option is given; this
-    transport keeps it on, so an unverified connection is always a choice
-    written in the configuration (``ssl_cert_reqs=none``).
+    kombu's ``rediss://`` turns verification off when no option is given. This
+    transport keeps it on, so an unverified connection is always written in
+    the configuration (``ssl_cert_reqs=none``).
     """
     params: dict[str, Any] = {"ssl_cert_reqs": ssl_module.CERT_REQUIRED}
     if isinstance(ssl_options, dict):

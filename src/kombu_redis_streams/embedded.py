@@ -45,8 +45,14 @@ def valkey_binary() -> str:
 class EmbeddedServer:
     """A throwaway server process on 127.0.0.1, stopped and cleaned on exit."""
 
-    def __init__(self, binary: str | None = None, *, port: int | None = None,
-                 appendonly: bool = False, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        binary: str | None = None,
+        *,
+        port: int | None = None,
+        appendonly: bool = False,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.binary = binary or valkey_binary()
         self.port = port or free_port()
         self.appendonly = appendonly
@@ -65,21 +71,31 @@ class EmbeddedServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> EmbeddedServer:
-        """Start the process and wait until it answers PING."""
+        """Start the process and wait until it replies to PING."""
         args = [
             self.binary,
-            "--bind", "127.0.0.1",
-            "--port", str(self.port),
-            "--dir", str(self.directory),
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always",
-            "--protected-mode", "no",
-            "--logfile", str(self.directory / "server.log"),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always",
+            "--protected-mode",
+            "no",
+            "--logfile",
+            str(self.directory / "server.log"),
             *self.extra_args,
         ]
         self.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout_s
@@ -93,11 +109,15 @@ class EmbeddedServer:
                 return self
             time.sleep(0.02)
         self.stop()
-        raise RuntimeError(f"{self.binary} did not answer on port {self.port} within {timeout_s} s.")
+        raise RuntimeError(
+            f"{self.binary} did not reply to PING on port {self.port} within {timeout_s} s."
+        )
 
     def _answers_ping(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+            with socket.create_connection(
+                ("127.0.0.1", self.port), timeout=0.2
+            ) as sock:
                 sock.sendall(b"PING\r\n")
                 return sock.recv(16).startswith(b"+PONG")
         except OSError:
@@ -128,6 +148,10 @@ class EmbeddedServer:
     def __enter__(self) -> EmbeddedServer:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()

@@ -71,7 +71,11 @@ def check_server_version(info: dict[str, object]) -> str:
     if "valkey_version" in info:
         name, found, needed = "Valkey", str(info["valkey_version"]), MIN_VALKEY_VERSION
     else:
-        name, found, needed = "Redis", str(info.get("redis_version", "0")), MIN_REDIS_VERSION
+        name, found, needed = (
+            "Redis",
+            str(info.get("redis_version", "0")),
+            MIN_REDIS_VERSION,
+        )
     if parse_version(found) < needed:
         needed_text = ".".join(str(part) for part in needed)
         raise UnsupportedServerError(

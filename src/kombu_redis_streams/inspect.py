@@ -61,9 +61,9 @@ class QueueStream:
     key: str
     #: ``"step 3"`` for a priority stream, ``"fanout X"`` for exchange X.
     label: str
-    #: Priority step of a queue stream; None for a fanout stream.
+    #: Priority step of a queue stream, or None for a fanout stream.
     step: int | None
-    #: Fanout exchange whose stream this is; None for a queue stream.
+    #: Fanout exchange whose stream this is, or None for a queue stream.
     exchange: str | None = None
 
 
@@ -79,7 +79,7 @@ class QueueSummary:
     pending: int
     #: Distinct consumer names in the queue's group, over all its streams.
     consumers: int
-    #: Longest idle time of a pending entry, in ms; None when nothing is pending.
+    #: Maximum idle time of a pending entry in ms, or None when nothing is pending.
     max_pending_idle_ms: int | None
     #: Entries in the queue's dead-letter stream.
     dead_lettered: int
@@ -87,7 +87,7 @@ class QueueSummary:
 
 @dataclass(frozen=True)
 class SkippedKey:
-    """A key that matches the queue key layout but holds no stream."""
+    """A key that matches the queue key layout but is not a stream."""
 
     key: str
     type: str
@@ -123,7 +123,8 @@ class ConsumerListing:
 
     queue: str
     consumers: list[ConsumerSummary]
-    #: True when the server reports inactive time (Redis 7.2+, Valkey).
+    #: True when the server reported inactive time for any consumer (Redis 7.2
+    #: or newer and Valkey report it).
     inactive_reported: bool
 
 
@@ -185,9 +186,9 @@ def normalize_url(url: str) -> str:
     """
     scheme, separator, rest = url.partition("://")
     if not separator or scheme.lower() not in URL_SCHEMES:
-        shown = scheme if separator else "(none)"
+        scheme_text = scheme if separator else "(none)"
         raise InspectError(
-            f"Invalid URL scheme {shown!r}: expected a URL such as "
+            f"Invalid URL scheme {scheme_text!r}: expected a URL such as "
             "redis-streams://127.0.0.1:6379/0 or redis://127.0.0.1:6379/0."
         )
     return f"{URL_SCHEMES[scheme.lower()]}://{rest}"
@@ -228,8 +229,8 @@ class Inspector:
         Raises:
             InspectError: the URL or an option is invalid.
         """
-        import kombu_redis_streams  # noqa: F401  (registers the URL schemes)
-
+        # Importing this module imported the package, which registered the
+        # redis-streams:// schemes with kombu.
         options = {
             "global_keyprefix": prefix,
             "consumer_group_prefix": group_prefix,
@@ -258,7 +259,7 @@ class Inspector:
         self.close()
 
     @contextmanager
-    def _reading(self) -> Iterator[None]:
+    def server_errors(self) -> Iterator[None]:
         """Turn redis-py's errors into an :class:`InspectError` for the user."""
         try:
             yield
@@ -282,6 +283,11 @@ class Inspector:
                 f"The server at {self.address} returned an error ({exc}). Check "
                 "that the URL names a server and database this transport uses."
             ) from None
+        except redis.RedisError as exc:
+            raise InspectError(
+                f"Reading from the server at {self.address} failed ({exc}). Check "
+                "that the URL names a Redis or Valkey server, then retry."
+            ) from None
 
     # -- listing -------------------------------------------------------------------
 
@@ -291,7 +297,7 @@ class Inspector:
         Keys that match the queue key layout but are not streams are skipped
         and listed in the result.
         """
-        with self._reading():
+        with self.server_errors():
             found: dict[str, list[QueueStream]] = {}
             dead: set[str] = set()
             skipped: list[SkippedKey] = []
@@ -324,7 +330,7 @@ class Inspector:
             InspectError: the queue has no stream, or one of its keys is not a
                 stream, or the server cannot be read.
         """
-        with self._reading():
+        with self.server_errors():
             streams, has_dead = self._queue_streams(queue)
             return self._summarize(queue, streams, has_dead)
 
@@ -337,7 +343,7 @@ class Inspector:
         group = self.keys.group(queue)
         merged: dict[str, dict[str, Any]] = {}
         reported = False
-        with self._reading():
+        with self.server_errors():
             streams, _ = self._queue_streams(queue)
             for stream in streams:
                 try:
@@ -373,18 +379,18 @@ class Inspector:
         group = self.keys.group(queue)
         entries: list[PendingEntry] = []
         total = 0
-        with self._reading():
+        with self.server_errors():
             streams, _ = self._queue_streams(queue)
             for stream in streams:
                 info = self._group_info(stream.key, group)
                 if info is None:
                     continue
                 total += int(info["pending"])
-                wanted = limit - len(entries)
-                if wanted <= 0 or not info["pending"]:
+                remaining = limit - len(entries)
+                if remaining <= 0 or not info["pending"]:
                     continue
                 replies = self.client.xpending_range(
-                    stream.key, group, "-", "+", wanted
+                    stream.key, group, "-", "+", remaining
                 )
                 entries.extend(
                     PendingEntry(
@@ -408,7 +414,7 @@ class Inspector:
             InspectError: as :meth:`queue_summary`.
         """
         key = self.keys.dead_letter_stream(queue)
-        with self._reading():
+        with self.server_errors():
             _, has_dead = self._queue_streams(queue)
             if not has_dead:
                 return DeadLetterListing(queue, [], 0)
@@ -459,7 +465,10 @@ class Inspector:
         return None
 
     def _fanout_streams(self) -> Iterator[tuple[str, QueueStream]]:
-        """Yield each queue that has a group on a fanout stream, with that stream."""
+        """Yield each queue that has a group on a fanout stream, with that stream.
+
+        Fanout streams are found with SCAN, so each call walks the key space.
+        """
         opening = f"{self.keys.prefix}{NAMESPACE}.fanout.{{"
         for key, key_type in self._scan_with_types(glob_escape(opening) + "*"):
             if key_type != "stream" or not key.endswith("}"):
@@ -484,7 +493,7 @@ class Inspector:
         for key, key_type in self._with_types(keys):
             if key_type != "stream":
                 raise InspectError(
-                    f"Key {key!r} of queue {queue!r} on {self.address} holds a "
+                    f"Key {key!r} of queue {queue!r} on {self.address} is a "
                     f"{key_type}, not a stream, so the queue cannot be read. Delete "
                     "or rename the key, or pass the --prefix the transport uses."
                 )
@@ -507,7 +516,13 @@ class Inspector:
     # -- counts --------------------------------------------------------------------
 
     def _group_info(self, key: str, group: str) -> dict[str, Any] | None:
-        for info in self.client.xinfo_groups(key):
+        try:
+            groups = self.client.xinfo_groups(key)
+        except redis.ResponseError as exc:
+            if "no such key" in str(exc):
+                return None  # deleted since the scan listed it
+            raise
+        for info in groups:
             if _text(info["name"]) == group:
                 return dict(info)
         return None
@@ -571,7 +586,7 @@ class Inspector:
             start = "(" + _text(batch[-1][0])
 
     def _max_pending_idle(self, key: str, group: str) -> int:
-        """Return the longest idle time of the group's pending entries, in ms."""
+        """Return the maximum idle time of the group's pending entries, in ms."""
         longest = 0
         start = "-"
         scanned = 0

@@ -74,7 +74,7 @@ class KeySpace:
 def clamp_priority(value: object, min_priority: int = 0, max_priority: int = 9) -> int:
     """Clamp a message priority to 0..9 the way kombu does; junk becomes 0."""
     try:
-        priority = int(value)  # type: ignore[call-overload]
+        priority: int = int(value)  # type: ignore[call-overload]
     except (TypeError, ValueError):
         return min_priority
     return max(min(priority, max_priority), min_priority)

@@ -29,10 +29,16 @@ MAX_TOUCH_PERIOD_S = 60.0
 class LeaseKeeper:
     """Touch the held entries of some channels from a daemon thread."""
 
-    def __init__(self, channels: Callable[[], Iterable[Any]], visibility_timeout_s: float,
-                 connection_errors: tuple[type[BaseException], ...]) -> None:
+    def __init__(
+        self,
+        channels: Callable[[], Iterable[Any]],
+        visibility_timeout_s: float,
+        connection_errors: tuple[type[BaseException], ...],
+    ) -> None:
         self._channels = channels
-        self.period_s = min(visibility_timeout_s / TOUCHES_PER_TIMEOUT, MAX_TOUCH_PERIOD_S)
+        self.period_s = min(
+            visibility_timeout_s / TOUCHES_PER_TIMEOUT, MAX_TOUCH_PERIOD_S
+        )
         self._connection_errors = connection_errors
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -64,7 +70,10 @@ class LeaseKeeper:
             except self._connection_errors as exc:
                 logger.warning(
                     "Could not renew the held entries of channel %s (%s); retrying "
-                    "in %.1f s.", getattr(channel, "channel_id", "?"), exc, self.period_s,
+                    "in %.1f s.",
+                    getattr(channel, "channel_id", "?"),
+                    exc,
+                    self.period_s,
                 )
 
     def _run(self) -> None:

@@ -180,8 +180,7 @@ class TransportOptions:
                 values[spec.name] = _VALIDATORS[spec.name](value)
             except _Invalid as exc:
                 raise ValueError(
-                    f"Invalid transport option {spec.name}={value!r}: "
-                    f"expected {exc}."
+                    f"Invalid transport option {spec.name}={value!r}: expected {exc}."
                 ) from None
         ignored = {name: options[name] for name in IGNORED_OPTIONS if name in options}
         return cls(ignored=ignored, **values)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .keys import KeySpace
@@ -52,7 +52,7 @@ def build_plan(
     keys: KeySpace,
     queues: Sequence[str],
     steps: Sequence[int],
-    fanout_exchanges: dict[str, Iterable[str]],
+    fanout_exchanges: Mapping[str, Iterable[str]],
     no_ack_queues: set[str],
     expires_ms: dict[str, int],
 ) -> list[ReadTarget]:

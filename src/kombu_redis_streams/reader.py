@@ -49,8 +49,14 @@ class BlockingReader:
         connection = self._connection
         keys = list(last_ids)
         connection.send_command(
-            "XREAD", "COUNT", 1, "BLOCK", self._block_ms, "STREAMS",
-            *keys, *(last_ids[key] for key in keys),
+            "XREAD",
+            "COUNT",
+            1,
+            "BLOCK",
+            self._block_ms,
+            "STREAMS",
+            *keys,
+            *(last_ids[key] for key in keys),
         )
         self._sent_at = monotonic()
         fd = self.fileno()
@@ -71,7 +77,7 @@ class BlockingReader:
     def check_alive(self, slack_s: float) -> None:
         """Raise when the read in flight is overdue by more than ``slack_s``.
 
-        The server answers every block period, so a reply that is much later
+        The server replies once per block period, so a reply that is much later
         than that means the connection is dead or a network drops packets.
 
         Raises:

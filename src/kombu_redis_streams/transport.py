@@ -19,7 +19,7 @@ from typing import Any
 import redis
 from kombu.transport import virtual
 
-from .channel import Channel
+from .channel import Channel as StreamsChannel
 from .connection import connection_params
 from .errors import CHANNEL_ERRORS, CONNECTION_ERRORS, check_server_version
 from .keys import KeySpace
@@ -38,7 +38,7 @@ MIN_HEALTH_SLACK_S = 5.0
 class Transport(virtual.Transport):
     """Kombu transport on Redis Streams, a drop-in for kombu's ``redis``."""
 
-    Channel = Channel
+    Channel = StreamsChannel
 
     #: Celery enables fanout events, mingle, gossip and
     #: ``worker_disable_prefetch`` only for these driver types.
@@ -60,8 +60,12 @@ class Transport(virtual.Transport):
     def __init__(self, client: Any, **kwargs: Any) -> None:
         self.options = TransportOptions.from_mapping(client.transport_options)
         super().__init__(client, **kwargs)
-        self.keys = KeySpace(self.options.global_keyprefix, self.options.consumer_group_prefix)
-        self.routing = RoutingCache(lambda: self.redis_client, self.keys, self.options.sep)
+        self.keys = KeySpace(
+            self.options.global_keyprefix, self.options.consumer_group_prefix
+        )
+        self.routing = RoutingCache(
+            lambda: self.redis_client, self.keys, self.options.sep
+        )
         self._pool: redis.ConnectionPool | None = None
         self._client: redis.Redis | None = None
         self._scripts: Scripts | None = None
@@ -69,15 +73,16 @@ class Transport(virtual.Transport):
         self._lock = threading.Lock()
         self._loop: Any = None
         self._timers: list[Any] = []
-        self._reader_fds: dict[Channel, int] = {}
+        self._reader_fds: dict[StreamsChannel, int] = {}
         self.leases = LeaseKeeper(
-            lambda: list(self.channels), self.options.visibility_timeout,
+            lambda: list(self.channels),
+            self.options.visibility_timeout,
             self.connection_errors,
         )
 
-    def create_channel(self, connection: Any) -> Channel:
+    def create_channel(self, connection: Any) -> StreamsChannel:
         """Create a channel and make sure the lease keeper runs."""
-        channel = super().create_channel(connection)
+        channel: StreamsChannel = super().create_channel(connection)
         self.leases.start()
         return channel
 
@@ -120,7 +125,9 @@ class Transport(virtual.Transport):
 
     def _warn_about_eviction(self) -> None:
         try:
-            policy = self.redis_client.config_get("maxmemory-policy").get("maxmemory-policy")
+            policy = self.redis_client.config_get("maxmemory-policy").get(
+                "maxmemory-policy"
+            )
         except redis.ResponseError:
             return  # CONFIG is often disabled on managed servers
         if policy and policy != "noeviction":
@@ -151,7 +158,7 @@ class Transport(virtual.Transport):
                 raise socket.timeout()
             self._wait(remaining)
 
-    def _consuming(self) -> list[Channel]:
+    def _consuming(self) -> list[StreamsChannel]:
         return [channel for channel in self.channels if channel.is_consuming()]
 
     def _deliver_one(self) -> bool:
@@ -172,14 +179,14 @@ class Transport(virtual.Transport):
                         return True
         return False
 
-    def _rotate(self, channel: Channel) -> None:
+    def _rotate(self, channel: StreamsChannel) -> None:
         # Serve channels in turn, as kombu's FairCycle does.
         if len(self.channels) > 1 and channel in self.channels:
             self.channels.remove(channel)
             self.channels.append(channel)
 
     def _wait(self, remaining: float | None) -> None:
-        waiting: dict[int, Channel] = {}
+        waiting: dict[int, StreamsChannel] = {}
         for channel in self._consuming():
             reader = channel.reader
             if not reader.in_flight:
@@ -220,7 +227,9 @@ class Transport(virtual.Transport):
         self._reader_fds.clear()
         loop.on_tick.add(self._on_tick)
         self._timers = [
-            loop.call_repeatedly(self.options.unacked_restore_interval, self._on_reclaim_timer)
+            loop.call_repeatedly(
+                self.options.unacked_restore_interval, self._on_reclaim_timer
+            )
         ]
 
     def _on_tick(self) -> None:
@@ -252,7 +261,7 @@ class Transport(virtual.Transport):
                 self._loop.add_reader(fd, self._on_readable, channel)
                 self._reader_fds[channel] = fd
 
-    def _on_readable(self, channel: Channel) -> None:
+    def _on_readable(self, channel: StreamsChannel) -> None:
         reader = channel.reader
         if not reader.in_flight:
             # Readable with nothing asked: the server closed the connection.
@@ -274,10 +283,11 @@ class Transport(virtual.Transport):
             except self.connection_errors as exc:
                 logger.warning(
                     "The reclaim scan failed (%s); it runs again in %.0f s.",
-                    exc, self.options.unacked_restore_interval,
+                    exc,
+                    self.options.unacked_restore_interval,
                 )
 
-    def forget_reader(self, channel: Channel) -> None:
+    def forget_reader(self, channel: StreamsChannel) -> None:
         """Remove a channel's blocking-read socket from the event loop."""
         fd = self._reader_fds.pop(channel, None)
         if fd is not None and self._loop is not None:

@@ -10,9 +10,15 @@ from kombu import Connection, Consumer, Queue
 from kombu.message import Message
 
 
-def drain(connection: Connection, queues: Iterable[Queue], *, ack: bool = True,
-          timeout: float = 1.0, limit: int | None = None,
-          prefetch: int | None = None) -> list[Message]:
+def drain(
+    connection: Connection,
+    queues: Iterable[Queue],
+    *,
+    ack: bool = True,
+    timeout: float = 1.0,
+    limit: int | None = None,
+    prefetch: int | None = None,
+) -> list[Message]:
     """Consume until ``timeout`` passes with no message, or ``limit`` arrive."""
     received: list[Message] = []
 
@@ -21,8 +27,9 @@ def drain(connection: Connection, queues: Iterable[Queue], *, ack: bool = True,
         if ack:
             message.ack()
 
-    with Consumer(connection, list(queues), callbacks=[on_message],
-                  prefetch_count=prefetch):
+    with Consumer(
+        connection, list(queues), callbacks=[on_message], prefetch_count=prefetch
+    ):
         while limit is None or len(received) < limit:
             try:
                 connection.drain_events(timeout=timeout)

@@ -8,7 +8,7 @@ import pytest
 import redis
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
-from .helpers import bodies, drain
+from .helpers import drain
 
 QUEUE = Queue("acks", Exchange("acks", "direct"), "acks")
 
@@ -16,8 +16,12 @@ QUEUE = Queue("acks", Exchange("acks", "direct"), "acks")
 def publish(connection: Connection, count: int, queue: Queue = QUEUE) -> None:
     producer = Producer(connection.channel())
     for number in range(count):
-        producer.publish({"n": number}, exchange=queue.exchange,
-                         routing_key=queue.routing_key, declare=[queue])
+        producer.publish(
+            {"n": number},
+            exchange=queue.exchange,
+            routing_key=queue.routing_key,
+            declare=[queue],
+        )
 
 
 def pending_count(client: redis.Redis, stream: str = "{acks}") -> int:
@@ -42,7 +46,9 @@ def test_reject_requeue_redelivers_at_tail(broker_url: str) -> None:
         order = []
         for _ in range(3):
             message = simple.get_nowait()
-            order.append((message.payload["n"], message.delivery_info.get("redelivered")))
+            order.append(
+                (message.payload["n"], message.delivery_info.get("redelivered"))
+            )
             message.ack()
         with pytest.raises(simple.Empty):
             simple.get_nowait()
@@ -50,7 +56,9 @@ def test_reject_requeue_redelivers_at_tail(broker_url: str) -> None:
     assert order == [(1, None), (2, None), (0, True)]
 
 
-def test_reject_without_requeue_drops(broker_url: str, redis_client: redis.Redis) -> None:
+def test_reject_without_requeue_drops(
+    broker_url: str, redis_client: redis.Redis
+) -> None:
     with Connection(broker_url) as connection:
         publish(connection, 2)
         simple = connection.SimpleQueue(QUEUE)
@@ -86,11 +94,15 @@ def test_close_gives_back_unacked(broker_url: str, redis_client: redis.Redis) ->
         received = drain(connection, [QUEUE])
     numbers = [message.payload["n"] for message in received]
     assert sorted(numbers) == list(range(10))
-    redelivered = [m.payload["n"] for m in received if m.delivery_info.get("redelivered")]
+    redelivered = [
+        m.payload["n"] for m in received if m.delivery_info.get("redelivered")
+    ]
     assert sorted(redelivered) == [0, 1, 2, 3]
 
 
-def test_close_leaves_no_consumer_behind(broker_url: str, redis_client: redis.Redis) -> None:
+def test_close_leaves_no_consumer_behind(
+    broker_url: str, redis_client: redis.Redis
+) -> None:
     with Connection(broker_url) as connection:
         publish(connection, 5)
         drain(connection, [QUEUE])
@@ -98,12 +110,19 @@ def test_close_leaves_no_consumer_behind(broker_url: str, redis_client: redis.Re
         assert redis_client.xinfo_consumers(stream, "kombu:acks") == []
 
 
-def test_prefetch_bounds_pending_entries(broker_url: str, redis_client: redis.Redis) -> None:
+def test_prefetch_bounds_pending_entries(
+    broker_url: str, redis_client: redis.Redis
+) -> None:
     with Connection(broker_url) as connection:
         producer = Producer(connection.channel())
         for number in range(40):
-            producer.publish({"n": number}, exchange=QUEUE.exchange, routing_key="acks",
-                             priority=[0, 3, 6, 9][number % 4], declare=[QUEUE])
+            producer.publish(
+                {"n": number},
+                exchange=QUEUE.exchange,
+                routing_key="acks",
+                priority=[0, 3, 6, 9][number % 4],
+                declare=[QUEUE],
+            )
         received = []
 
         def hold(body: object, message: object) -> None:
@@ -139,7 +158,9 @@ def test_drain_events_one_message_per_call(broker_url: str) -> None:
             message.ack()
 
 
-def test_basic_get_no_ack_removes_entry(broker_url: str, redis_client: redis.Redis) -> None:
+def test_basic_get_no_ack_removes_entry(
+    broker_url: str, redis_client: redis.Redis
+) -> None:
     with Connection(broker_url) as connection:
         publish(connection, 1)
         message = connection.default_channel.basic_get("acks", no_ack=True)
@@ -152,7 +173,9 @@ def test_cancel_returns_buffered_entries(broker_url: str) -> None:
     with Connection(broker_url) as connection:
         publish(connection, 10)
         received = []
-        consumer = Consumer(connection, [QUEUE], callbacks=[lambda b, m: received.append(m)])
+        consumer = Consumer(
+            connection, [QUEUE], callbacks=[lambda b, m: received.append(m)]
+        )
         consumer.consume()
         connection.drain_events(timeout=1)
         consumer.cancel()

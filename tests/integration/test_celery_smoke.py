@@ -23,7 +23,9 @@ APP = textwrap.dedent(
     import kombu_redis_streams  # noqa: F401
     from celery import Celery
 
-    app = Celery("smoke", broker=os.environ["BROKER_URL"], backend=os.environ["RESULT_URL"])
+    app = Celery(
+        "smoke", broker=os.environ["BROKER_URL"], backend=os.environ["RESULT_URL"]
+    )
     app.conf.broker_connection_retry_on_startup = True
 
     @app.task
@@ -34,8 +36,12 @@ APP = textwrap.dedent(
 
 
 @pytest.fixture
-def celery_app_dir(tmp_path: Path, server: EmbeddedServer, broker_url: str,
-                   monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def celery_app_dir(
+    tmp_path: Path,
+    server: EmbeddedServer,
+    broker_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Path]:
     (tmp_path / "smoke_app.py").write_text(APP)
     monkeypatch.setenv("BROKER_URL", broker_url)
     monkeypatch.setenv("RESULT_URL", f"redis://127.0.0.1:{server.port}/1")
@@ -47,9 +53,24 @@ def celery_app_dir(tmp_path: Path, server: EmbeddedServer, broker_url: str,
 def start_worker(app_dir: Path, pool: str) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(app_dir))
     return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "smoke_app", "worker", f"--pool={pool}",
-         "--concurrency=2", "--loglevel=INFO", "--without-mingle", "--without-gossip"],
-        cwd=app_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "smoke_app",
+            "worker",
+            f"--pool={pool}",
+            "--concurrency=2",
+            "--loglevel=INFO",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        cwd=app_dir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 

@@ -14,8 +14,12 @@ def test_publish_consume_counts_exactly(broker_url: str) -> None:
     with Connection(broker_url) as connection:
         producer = Producer(connection.channel())
         for number in range(500):
-            producer.publish({"n": number}, exchange=queue.exchange, routing_key="work",
-                             declare=[queue])
+            producer.publish(
+                {"n": number},
+                exchange=queue.exchange,
+                routing_key="work",
+                declare=[queue],
+            )
         received = drain(connection, [queue])
     assert sorted(body["n"] for body in bodies(received)) == list(range(500))
 
@@ -25,8 +29,13 @@ def test_priorities_lower_served_first(broker_url: str) -> None:
     with Connection(broker_url) as connection:
         producer = Producer(connection.channel())
         for number, priority in enumerate([9, 0, 6, 3, 9, 0, 7, 2, 5, None]):
-            producer.publish({"n": number, "p": priority}, exchange=queue.exchange,
-                             routing_key="prio", priority=priority, declare=[queue])
+            producer.publish(
+                {"n": number, "p": priority},
+                exchange=queue.exchange,
+                routing_key="prio",
+                priority=priority,
+                declare=[queue],
+            )
         received = bodies(drain(connection, [queue]))
     # Steps [0, 3, 6, 9]: 0-2 first, FIFO inside a step, no priority means 0.
     assert [body["n"] for body in received] == [1, 5, 7, 9, 3, 8, 2, 6, 0, 4]
@@ -38,9 +47,16 @@ def test_priority_crosses_queues_step_first(broker_url: str) -> None:
     high = Queue("multi-b", exchange, "b")
     with Connection(broker_url) as connection:
         producer = Producer(connection.channel())
-        producer.publish({"q": "a", "p": 9}, exchange=exchange, routing_key="a",
-                         priority=9, declare=[low, high])
-        producer.publish({"q": "b", "p": 0}, exchange=exchange, routing_key="b", priority=0)
+        producer.publish(
+            {"q": "a", "p": 9},
+            exchange=exchange,
+            routing_key="a",
+            priority=9,
+            declare=[low, high],
+        )
+        producer.publish(
+            {"q": "b", "p": 0}, exchange=exchange, routing_key="b", priority=0
+        )
         received = bodies(drain(connection, [low, high], prefetch=1))
     assert received == [{"q": "b", "p": 0}, {"q": "a", "p": 9}]
 
@@ -52,20 +68,28 @@ def test_topic_routes_by_pattern(broker_url: str) -> None:
     with Connection(broker_url) as connection:
         producer = Producer(connection.channel())
         for key in ["order.created", "order.paid", "user.created", "order.a.b"]:
-            producer.publish({"key": key}, exchange=exchange, routing_key=key,
-                             declare=[orders, everything])
+            producer.publish(
+                {"key": key},
+                exchange=exchange,
+                routing_key=key,
+                declare=[orders, everything],
+            )
         got_orders = bodies(drain(connection, [orders]))
         got_all = bodies(drain(connection, [everything]))
     assert [body["key"] for body in got_orders] == ["order.created", "order.paid"]
     assert len(got_all) == 4
 
 
-def test_unroutable_message_is_dropped(broker_url: str, redis_client: redis.Redis) -> None:
+def test_unroutable_message_is_dropped(
+    broker_url: str, redis_client: redis.Redis
+) -> None:
     exchange = Exchange("strict", "direct")
     queue = Queue("strict-q", exchange, "known")
     with Connection(broker_url) as connection:
         producer = Producer(connection.channel())
-        producer.publish({"x": 1}, exchange=exchange, routing_key="unknown", declare=[queue])
+        producer.publish(
+            {"x": 1}, exchange=exchange, routing_key="unknown", declare=[queue]
+        )
         assert drain(connection, [queue]) == []
     assert redis_client.xlen("{strict-q}") == 0
 
@@ -77,9 +101,12 @@ def test_deadletter_queue_gets_unroutable(broker_url: str) -> None:
     with Connection(broker_url, transport_options=options) as connection:
         producer = Producer(connection.channel())
         with pytest.warns(Warning):
-            producer.publish({"x": 1}, exchange=exchange, routing_key="nobody",
-                             declare=[queue])
-        received = bodies(drain(connection, [Queue("dl-catch", routing_key="dl-catch")]))
+            producer.publish(
+                {"x": 1}, exchange=exchange, routing_key="nobody", declare=[queue]
+            )
+        received = bodies(
+            drain(connection, [Queue("dl-catch", routing_key="dl-catch")])
+        )
     assert received == [{"x": 1}]
 
 
@@ -94,7 +121,8 @@ def test_publisher_routes_undeclared_exchange(broker_url: str) -> None:
             channel = publisher_side.channel()
             channel.basic_publish(
                 channel.prepare_message('{"v": 1}', content_type="application/json"),
-                exchange="declared-elsewhere", routing_key="a.b",
+                exchange="declared-elsewhere",
+                routing_key="a.b",
             )
         received = bodies(drain(consumer_side, [queue]))
     assert received == [{"v": 1}]
@@ -119,14 +147,23 @@ def test_binding_seen_by_cached_publisher(broker_url: str) -> None:
 
 def test_body_and_headers_round_trip(broker_url: str) -> None:
     queue = Queue("fidelity", routing_key="fidelity")
-    payloads = [b"\x00\x01\xff binary", "non-ASCII: żółw 日本 🐢".encode(), b"x" * 2_000_000]
+    payloads = [
+        b"\x00\x01\xff binary",
+        "non-ASCII: żółw 日本 🐢".encode(),
+        b"x" * 2_000_000,
+    ]
     headers = {"h-int": 7, "h-text": "żółw", "h-list": [1, "two"], "h-none": None}
     with Connection(broker_url) as connection:
         producer = Producer(connection.channel())
         for payload in payloads:
-            producer.publish(payload, routing_key="fidelity", declare=[queue],
-                             content_type="application/octet-stream",
-                             content_encoding="binary", headers=headers)
+            producer.publish(
+                payload,
+                routing_key="fidelity",
+                declare=[queue],
+                content_type="application/octet-stream",
+                content_encoding="binary",
+                headers=headers,
+            )
         received = drain(connection, [queue])
     assert [message.body for message in received] == payloads
     for message in received:
@@ -135,14 +172,22 @@ def test_body_and_headers_round_trip(broker_url: str) -> None:
         assert "redelivered" not in message.delivery_info
 
 
-def test_keyprefix_isolates_applications(broker_url: str, redis_client: redis.Redis) -> None:
+def test_keyprefix_isolates_applications(
+    broker_url: str, redis_client: redis.Redis
+) -> None:
     queue = Queue("shared-name", routing_key="shared-name")
     first = {"global_keyprefix": "app1:"}
     second = {"global_keyprefix": "app2:"}
-    with Connection(broker_url, transport_options=first) as one, \
-            Connection(broker_url, transport_options=second) as two:
-        Producer(one.channel()).publish({"app": 1}, routing_key="shared-name", declare=[queue])
-        Producer(two.channel()).publish({"app": 2}, routing_key="shared-name", declare=[queue])
+    with (
+        Connection(broker_url, transport_options=first) as one,
+        Connection(broker_url, transport_options=second) as two,
+    ):
+        Producer(one.channel()).publish(
+            {"app": 1}, routing_key="shared-name", declare=[queue]
+        )
+        Producer(two.channel()).publish(
+            {"app": 2}, routing_key="shared-name", declare=[queue]
+        )
         assert bodies(drain(one, [queue])) == [{"app": 1}]
         assert bodies(drain(two, [queue])) == [{"app": 2}]
         assert queue(one.channel()).queue_declare(passive=True).message_count == 0

@@ -27,17 +27,26 @@ def test_hub_delivers_every_message(broker_url: str, redis_client: redis.Redis) 
         received.append(body)
         message.ack()  # type: ignore[attr-defined]
 
-    with Connection(broker_url) as consumer_side, Connection(broker_url) as publisher_side:
+    with (
+        Connection(broker_url) as consumer_side,
+        Connection(broker_url) as publisher_side,
+    ):
         consumer_side.transport.register_with_event_loop(consumer_side.connection, hub)
-        with Consumer(consumer_side, [QUEUE, BROADCAST], callbacks=[on_message],
-                      prefetch_count=10):
+        with Consumer(
+            consumer_side, [QUEUE, BROADCAST], callbacks=[on_message], prefetch_count=10
+        ):
             run_hub(hub, lambda: False, timeout_s=0.3)  # idle: a blocking read waits
             producer = Producer(publisher_side.channel())
             for number in range(200):
-                producer.publish({"n": number}, exchange=QUEUE.exchange,
-                                 routing_key="looped", declare=[QUEUE])
-            producer.publish({"fanout": True}, exchange=BROADCAST.exchange,
-                             declare=[BROADCAST])
+                producer.publish(
+                    {"n": number},
+                    exchange=QUEUE.exchange,
+                    routing_key="looped",
+                    declare=[QUEUE],
+                )
+            producer.publish(
+                {"fanout": True}, exchange=BROADCAST.exchange, declare=[BROADCAST]
+            )
             run_hub(hub, lambda: len(received) >= 201)
         hub.close()
     numbers = sorted(body["n"] for body in received if "n" in body)  # type: ignore[index]
@@ -47,9 +56,13 @@ def test_hub_delivers_every_message(broker_url: str, redis_client: redis.Redis) 
     assert redis_client.xlen("{looped}") == 0
 
 
-def test_idle_hub_sends_few_commands(broker_url: str, redis_client: redis.Redis) -> None:
+def test_idle_hub_sends_few_commands(
+    broker_url: str, redis_client: redis.Redis
+) -> None:
     hub = Hub()
-    with Connection(broker_url, transport_options={"polling_interval": 0.5}) as connection:
+    with Connection(
+        broker_url, transport_options={"polling_interval": 0.5}
+    ) as connection:
         connection.transport.register_with_event_loop(connection.connection, hub)
         with Consumer(connection, [QUEUE], callbacks=[lambda b, m: None]):
             run_hub(hub, lambda: False, timeout_s=0.5)

@@ -18,7 +18,9 @@ def test_fanout_reaches_every_bound_queue(broker_url: str) -> None:
         for number in range(50):
             producer.publish({"n": number}, exchange=exchange, declare=queues)
         for queue in queues:
-            assert [body["n"] for body in bodies(drain(connection, [queue]))] == list(range(50))
+            assert [body["n"] for body in bodies(drain(connection, [queue]))] == list(
+                range(50)
+            )
 
 
 def test_two_fanout_queues_one_channel(broker_url: str) -> None:
@@ -28,7 +30,10 @@ def test_two_fanout_queues_one_channel(broker_url: str) -> None:
         producer = Producer(connection.channel())
         producer.publish({"n": 1}, exchange=exchange, declare=queues)
         received = drain(connection, queues)
-    assert sorted(message.delivery_info["routing_key"] for message in received) == ["", ""]
+    assert sorted(message.delivery_info["routing_key"] for message in received) == [
+        "",
+        "",
+    ]
     assert len(received) == 2
 
 
@@ -47,8 +52,9 @@ def test_fanout_kept_while_consumer_down(broker_url: str) -> None:
     assert [body["n"] for body in received] == list(range(20))
 
 
-def test_fanout_stream_empties_after_all_ack(broker_url: str,
-                                             redis_client: redis.Redis) -> None:
+def test_fanout_stream_empties_after_all_ack(
+    broker_url: str, redis_client: redis.Redis
+) -> None:
     exchange = Exchange("news", "fanout")
     queues = [Queue("news-1", exchange), Queue("news-2", exchange)]
     with Connection(broker_url) as connection:
@@ -62,8 +68,9 @@ def test_fanout_stream_empties_after_all_ack(broker_url: str,
     assert redis_client.xlen(FANOUT_STREAM) == 0
 
 
-def test_deleted_queue_releases_fanout_entries(broker_url: str,
-                                               redis_client: redis.Redis) -> None:
+def test_deleted_queue_releases_fanout_entries(
+    broker_url: str, redis_client: redis.Redis
+) -> None:
     exchange = Exchange("news", "fanout")
     kept = Queue("news-kept", exchange)
     dropped = Queue("news-dropped", exchange)
@@ -75,7 +82,9 @@ def test_deleted_queue_releases_fanout_entries(broker_url: str,
         assert len(drain(connection, [kept])) == 10
         assert redis_client.xlen(FANOUT_STREAM) == 10
         dropped(channel).delete()
-        groups = [group["name"].decode() for group in redis_client.xinfo_groups(FANOUT_STREAM)]
+        groups = [
+            group["name"].decode() for group in redis_client.xinfo_groups(FANOUT_STREAM)
+        ]
         assert groups == ["kombu:news-kept"]
         assert redis_client.xlen(FANOUT_STREAM) == 0
         producer.publish({"n": 99}, exchange=exchange)

@@ -17,8 +17,13 @@ QUEUE = Queue("managed", Exchange("managed", "direct"), "managed")
 def publish(connection: Connection, count: int) -> None:
     producer = Producer(connection.channel())
     for number in range(count):
-        producer.publish({"n": number}, exchange=QUEUE.exchange, routing_key="managed",
-                         priority=number % 10, declare=[QUEUE])
+        producer.publish(
+            {"n": number},
+            exchange=QUEUE.exchange,
+            routing_key="managed",
+            priority=number % 10,
+            declare=[QUEUE],
+        )
 
 
 def test_passive_declare_of_missing_queue(broker_url: str) -> None:
@@ -56,16 +61,21 @@ def test_purge_removes_ready_only(broker_url: str, redis_client: redis.Redis) ->
         held = drain(connection, [QUEUE], ack=False, limit=3, prefetch=3)
         purged = QUEUE(connection.channel()).purge()
         assert purged == 27
-        assert QUEUE(connection.channel()).queue_declare(passive=True).message_count == 0
+        assert (
+            QUEUE(connection.channel()).queue_declare(passive=True).message_count == 0
+        )
         for message in held:
             message.ack()
         publish(connection, 2)
         assert len(drain(connection, [QUEUE])) == 2
-    assert sum(redis_client.xlen(f"{{managed}}{s}") for s in ("", ":3", ":6", ":9")) == 0
+    assert (
+        sum(redis_client.xlen(f"{{managed}}{s}") for s in ("", ":3", ":6", ":9")) == 0
+    )
 
 
-def test_delete_removes_streams_and_bindings(broker_url: str,
-                                             redis_client: redis.Redis) -> None:
+def test_delete_removes_streams_and_bindings(
+    broker_url: str, redis_client: redis.Redis
+) -> None:
     with Connection(broker_url) as connection:
         publish(connection, 5)
         QUEUE(connection.channel()).delete()
@@ -75,7 +85,9 @@ def test_delete_removes_streams_and_bindings(broker_url: str,
             QUEUE(connection.channel()).queue_declare(passive=True)
 
 
-def test_queue_expires_without_activity(broker_url: str, redis_client: redis.Redis) -> None:
+def test_queue_expires_without_activity(
+    broker_url: str, redis_client: redis.Redis
+) -> None:
     queue = Queue("short-lived", routing_key="short-lived", expires=1.0)
     with Connection(broker_url) as connection:
         queue(connection.channel()).declare()
@@ -86,7 +98,9 @@ def test_queue_expires_without_activity(broker_url: str, redis_client: redis.Red
     assert redis_client.exists("{short-lived}") == 0
 
 
-def test_consumption_refreshes_expiry(broker_url: str, redis_client: redis.Redis) -> None:
+def test_consumption_refreshes_expiry(
+    broker_url: str, redis_client: redis.Redis
+) -> None:
     queue = Queue("kept-alive", routing_key="kept-alive", expires=1.5)
     with Connection(broker_url) as connection:
         queue(connection.channel()).declare()
@@ -107,8 +121,11 @@ def test_stream_maxlen_refuses_publish(broker_url: str) -> None:
     with Connection(broker_url, transport_options=options) as connection:
         producer = Producer(connection.channel())
         for number in range(5):
-            producer.publish({"n": number}, routing_key="capped",
-                             declare=[Queue("capped", routing_key="capped")])
+            producer.publish(
+                {"n": number},
+                routing_key="capped",
+                declare=[Queue("capped", routing_key="capped")],
+            )
         with pytest.raises(QueueFullError) as info:
             producer.publish({"n": 5}, routing_key="capped")
         assert "stream_maxlen=5" in str(info.value)

@@ -36,17 +36,25 @@ CONSUME_THEN_DIE = textwrap.dedent(
 def publish(connection: Connection, count: int) -> None:
     producer = Producer(connection.channel())
     for number in range(count):
-        producer.publish({"n": number}, exchange=QUEUE.exchange, routing_key="recover",
-                         declare=[QUEUE])
+        producer.publish(
+            {"n": number},
+            exchange=QUEUE.exchange,
+            routing_key="recover",
+            declare=[QUEUE],
+        )
 
 
-def test_killed_consumer_entries_reclaimed(broker_url: str,
-                                           redis_client: redis.Redis) -> None:
+def test_killed_consumer_entries_reclaimed(
+    broker_url: str, redis_client: redis.Redis
+) -> None:
     with Connection(broker_url) as connection:
         publish(connection, 10)
     dead = subprocess.run(
         [sys.executable, "-c", CONSUME_THEN_DIE, broker_url, "4"],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     assert dead.stdout.strip() == "4"
     assert int(redis_client.xpending("{recover}", "kombu:recover")["pending"]) == 4
@@ -64,8 +72,10 @@ def test_killed_consumer_entries_reclaimed(broker_url: str,
 
 def test_live_consumer_keeps_held_entries(broker_url: str) -> None:
     options = {"visibility_timeout": 1, "unacked_restore_interval": 0.2}
-    with Connection(broker_url, transport_options=options) as holder, \
-            Connection(broker_url, transport_options=options) as other:
+    with (
+        Connection(broker_url, transport_options=options) as holder,
+        Connection(broker_url, transport_options=options) as other,
+    ):
         publish(holder, 2)
         held = drain(holder, [QUEUE], ack=False, limit=2, prefetch=2)
         assert len(held) == 2
@@ -81,8 +91,9 @@ def test_live_consumer_keeps_held_entries(broker_url: str) -> None:
             message.ack()
 
 
-def test_flushall_is_repaired(broker_url: str, redis_client: redis.Redis,
-                              caplog: pytest.LogCaptureFixture) -> None:
+def test_flushall_is_repaired(
+    broker_url: str, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
     options = {"unacked_restore_interval": 0.3}
     received = []
     with Connection(broker_url, transport_options=options) as connection:
@@ -99,8 +110,9 @@ def test_flushall_is_repaired(broker_url: str, redis_client: redis.Redis,
             with Connection(broker_url) as publisher:
                 producer = Producer(publisher.channel())
                 for number in range(5):
-                    producer.publish({"n": number}, exchange=QUEUE.exchange,
-                                     routing_key="recover")
+                    producer.publish(
+                        {"n": number}, exchange=QUEUE.exchange, routing_key="recover"
+                    )
             for _ in range(5):
                 connection.drain_events(timeout=2)
         for message in received:
@@ -110,8 +122,9 @@ def test_flushall_is_repaired(broker_url: str, redis_client: redis.Redis,
     assert "bindings of this process" in caplog.text
 
 
-def test_malformed_entry_set_aside(broker_url: str, redis_client: redis.Redis,
-                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_malformed_entry_set_aside(
+    broker_url: str, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
     with Connection(broker_url) as connection:
         publish(connection, 1)
         bad_id = redis_client.xadd("{recover}", {"junk": b"\xff\x00"}).decode()
@@ -130,8 +143,9 @@ def test_malformed_entry_set_aside(broker_url: str, redis_client: redis.Redis,
     assert redis_client.xlen("{recover}") == 0
 
 
-def test_wrong_key_type_is_skipped(broker_url: str, redis_client: redis.Redis,
-                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_wrong_key_type_is_skipped(
+    broker_url: str, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
     with Connection(broker_url) as connection:
         publish(connection, 2)
         redis_client.delete("{recover}:9")
@@ -143,8 +157,9 @@ def test_wrong_key_type_is_skipped(broker_url: str, redis_client: redis.Redis,
     assert "WRONGTYPE" in caplog.text
 
 
-def test_wrong_key_type_on_publish(broker_url: str, redis_client: redis.Redis,
-                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_wrong_key_type_on_publish(
+    broker_url: str, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
     from kombu.exceptions import ChannelError
 
     redis_client.set("{clash}", "a string")

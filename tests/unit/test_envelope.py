@@ -29,16 +29,23 @@ def to_fields(body: bytes | str, meta: str) -> list[bytes]:
 
 @given(
     st.binary(max_size=2048),
-    st.dictionaries(st.text(max_size=20), st.one_of(st.text(), st.integers(), st.booleans())),
+    st.dictionaries(
+        st.text(max_size=20), st.one_of(st.text(), st.integers(), st.booleans())
+    ),
 )
-def test_round_trip_keeps_body_and_headers(body: bytes, headers: dict[str, object]) -> None:
+def test_round_trip_keeps_body_and_headers(
+    body: bytes, headers: dict[str, object]
+) -> None:
     message = kombu_message(body, headers)
     decoded = envelope.decode(to_fields(*envelope.encode(message)))
     assert decoded["body"] == body
     assert decoded["headers"] == headers
     assert decoded["content-type"] == "application/data"
     assert decoded["properties"]["priority"] == 3
-    assert decoded["properties"]["delivery_info"] == {"exchange": "ex", "routing_key": "rk"}
+    assert decoded["properties"]["delivery_info"] == {
+        "exchange": "ex",
+        "routing_key": "rk",
+    }
 
 
 def test_encode_drops_delivery_tag() -> None:

@@ -18,7 +18,10 @@ def hash_tag(key: str) -> str:
 
 def test_queue_streams_share_hash_tag() -> None:
     keys = KeySpace(prefix="app:")
-    names = [*keys.queue_streams("celery", [0, 3, 6, 9]), keys.dead_letter_stream("celery")]
+    names = [
+        *keys.queue_streams("celery", [0, 3, 6, 9]),
+        keys.dead_letter_stream("celery"),
+    ]
     assert {hash_tag(name) for name in names} == {"celery"}
 
 
