@@ -50,7 +50,8 @@ def decode(fields: list[bytes] | None) -> dict[str, Any]:
         body = values[BODY_FIELD]
         raw_meta = values[META_FIELD]
     except KeyError as exc:
-        raise MalformedEntry(f"the entry has no {exc.args[0]!r} field") from None
+        name = exc.args[0].decode("utf-8", "replace")
+        raise MalformedEntry(f"the entry has no {name!r} field") from None
     try:
         meta = loads(raw_meta)
     except ValueError as exc:

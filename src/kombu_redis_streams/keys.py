@@ -4,6 +4,9 @@ Every key starts with ``global_keyprefix``. All keys of one queue (its stream
 per priority step and its dead-letter stream) carry the queue name as their
 hash tag, so a Lua script that touches several of them stays in one cluster
 slot. The fanout stream of an exchange carries the exchange name as its tag.
+
+NOTE: Redis hashes the whole key when the tag is empty, so a queue whose name
+starts with ``}`` gets its keys spread over several cluster slots.
 """
 
 from __future__ import annotations

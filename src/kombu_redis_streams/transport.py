@@ -188,14 +188,11 @@ class Transport(virtual.Transport):
     def _wait(self, remaining: float | None) -> None:
         waiting: dict[int, StreamsChannel] = {}
         for channel in self._consuming():
-            reader = channel.reader
-            if not reader.in_flight:
-                last_ids = channel.last_ids()
-                if channel.credit() <= 0 or last_ids is None:
-                    continue
-                reader.send(last_ids)
-            reader.check_alive(self._health_slack_s())
-            fd = reader.fileno()
+            try:
+                fd = self._ensure_read_sent(channel)
+            except redis.ConnectionError as exc:
+                self._reader_failed(channel, exc)
+                continue
             if fd is not None:
                 waiting[fd] = channel
 
@@ -211,8 +208,34 @@ class Transport(virtual.Transport):
             poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
         for fd, _ in poller.poll(timeout * 1000):
             channel = waiting[fd]
-            if channel.reader.read():
-                channel.needs_fetch = True
+            try:
+                if channel.reader.read():
+                    channel.needs_fetch = True
+            except redis.ConnectionError as exc:
+                self._reader_failed(channel, exc)
+
+    def _ensure_read_sent(self, channel: StreamsChannel) -> int | None:
+        """Send the channel's blocking read if it may read; return its fd."""
+        reader = channel.reader
+        if reader.in_flight:
+            reader.check_alive(self._health_slack_s())
+            return reader.fileno()
+        last_ids = channel.last_ids()
+        if channel.credit() <= 0 or last_ids is None:
+            return None
+        return reader.send(last_ids)
+
+    def _reader_failed(self, channel: StreamsChannel, exc: BaseException) -> None:
+        # The blocking read claims nothing, so losing its connection loses no
+        # message. The next fetch runs on a command connection: it succeeds
+        # after a reconnect, or raises the outage to the caller.
+        self.forget_reader(channel)
+        channel.reader.close()
+        channel.needs_fetch = True
+        logger.warning(
+            "The blocking read of channel %s failed (%s); it is sent again on a "
+            "new connection after the next fetch.", channel.channel_id, exc,
+        )
 
     def _health_slack_s(self) -> float:
         return max(self.options.health_check_interval, MIN_HEALTH_SLACK_S)
@@ -238,9 +261,8 @@ class Transport(virtual.Transport):
             if reader.in_flight:
                 try:
                     reader.check_alive(self._health_slack_s())
-                except redis.ConnectionError:
-                    self.forget_reader(channel)
-                    raise
+                except redis.ConnectionError as exc:
+                    self._reader_failed(channel, exc)
                 continue
             channel.deliver_buffered()
             if channel.credit() <= 0:
@@ -252,11 +274,12 @@ class Transport(virtual.Transport):
                     continue
             # One blocking read per batch: it returns at once when entries are
             # left, so the hub wakes for the next batch instead of sleeping.
-            last_ids = channel.last_ids()
-            if last_ids is None:
+            try:
+                fd = self._ensure_read_sent(channel)
+            except redis.ConnectionError as exc:
+                self._reader_failed(channel, exc)
                 continue
-            fd = reader.send(last_ids)
-            if self._reader_fds.get(channel) != fd:
+            if fd is not None and self._reader_fds.get(channel) != fd:
                 self.forget_reader(channel)
                 self._loop.add_reader(fd, self._on_readable, channel)
                 self._reader_fds[channel] = fd
@@ -264,16 +287,14 @@ class Transport(virtual.Transport):
     def _on_readable(self, channel: StreamsChannel) -> None:
         reader = channel.reader
         if not reader.in_flight:
-            # Readable with nothing asked: the server closed the connection.
-            self.forget_reader(channel)
-            reader.close()
+            # Readable with nothing requested: the server closed the connection.
+            self._reader_failed(channel, redis.ConnectionError("closed by the server"))
             return
         try:
             if reader.read():
                 channel.needs_fetch = True
-        except redis.ConnectionError:
-            self.forget_reader(channel)
-            raise
+        except redis.ConnectionError as exc:
+            self._reader_failed(channel, exc)
 
     def _on_reclaim_timer(self) -> None:
         for channel in self._consuming():

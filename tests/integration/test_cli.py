@@ -15,14 +15,14 @@ from click.testing import CliRunner, Result
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.message import Message
 
-from kombu_redis_streams.cli import main
 from kombu_redis_streams.cli import demo as demo_module
+from kombu_redis_streams.cli import main
 from kombu_redis_streams.embedded import EmbeddedServer, free_port, valkey_binary
 
 TASKS = Queue("tasks", Exchange("tasks", "direct"), "tasks")
 EVENTS = Queue("events", Exchange("broadcast", "fanout"))
 
-#: A marker in every body; no command may print it.
+#: A marker in every body, which no command may print.
 BODY_MARKER = "body-secret-4711"
 
 
@@ -37,6 +37,11 @@ def invoke_json(*args: str) -> Any:
     result = invoke(*args, "--json")
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
+
+
+def table_row(*cells: str) -> str:
+    """Return a regex for adjacent cells of a rich table row, given as regexes."""
+    return r"\s+│\s+".join(cells) + r"\s+│"
 
 
 def server_reports_inactive(client: redis.Redis) -> bool:
@@ -65,8 +70,9 @@ def test_demo_on_broker_url(broker_url: str, redis_client: redis.Redis) -> None:
         "demo.fanout.b": "20",
     }
     for queue, count in rows.items():
-        row = rf"{re.escape(queue)}\s+│\s+kombu:{re.escape(queue)}\s+│\s+{count}\s+│"
-        assert re.search(row + rf"\s+{count}\s+│\s+0\s+│\s+0\s+│", result.stdout), queue
+        name = re.escape(queue)
+        row = table_row(name, f"kombu:{name}", count, count, "0", "0", "0", "0")
+        assert re.search(row, result.stdout), queue
     assert redis_client.dbsize() == 0
 
 
@@ -86,7 +92,7 @@ def test_demo_reports_lost_messages(
     monkeypatch.setitem(demo_module.TOPIC_ROUTES, "orders.us", wrong_routes)
     result = invoke("demo", "--url", broker_url, "--messages", "30", "--timeout", "0.5")
     assert result.exit_code == 1, result.output
-    # 30 messages hold 10 topic messages; turns 1, 4 and 7 use "orders.us".
+    # 30 messages hold 10 topic messages, and turns 1, 4 and 7 use "orders.us".
     assert "FAIL: 3 lost, 0 duplicated, 0 unexpected, 0 pending" in result.stdout
     assert redis_client.dbsize() == 0
 
@@ -155,10 +161,12 @@ def scene(broker_url: str, redis_client: redis.Redis) -> Iterator[Scene]:
         for number in range(4):
             producer.publish({"n": number}, exchange=EVENTS.exchange, routing_key="")
 
-    held: list[Message] = []
+    unacked: list[Message] = []
     with Connection(broker_url) as connection:
         consumer = Consumer(
-            connection, [TASKS], callbacks=[lambda _, m: held.append(m)],
+            connection,
+            [TASKS],
+            callbacks=[lambda _, m: unacked.append(m)],
             prefetch_count=3,
         )
         with consumer:
@@ -166,11 +174,13 @@ def scene(broker_url: str, redis_client: redis.Redis) -> Iterator[Scene]:
                 connection.drain_events(timeout=2)
             with pytest.raises(socket.timeout):
                 connection.drain_events(timeout=0.3)
-            assert len(held) == 3
+            assert len(unacked) == 3
             # Read order puts the first three good entries of step 0 in flight.
             step_zero = redis_client.xrange("{tasks}")
             pending_ids = [entry_id.decode() for entry_id, _ in step_zero[:3]]
-            yield Scene(broker_url, consumer.channel.consumer_name, junk_id, pending_ids)
+            yield Scene(
+                broker_url, consumer.channel.consumer_name, junk_id, pending_ids
+            )
 
 
 def test_queues_counts(scene: Scene) -> None:
@@ -184,7 +194,10 @@ def test_queues_counts(scene: Scene) -> None:
     assert tasks["dead_lettered"] == 1
     assert tasks["max_pending_idle_ms"] is not None
     assert [stream["label"] for stream in tasks["streams"]] == [
-        "step 0", "step 3", "step 6", "step 9"
+        "step 0",
+        "step 3",
+        "step 6",
+        "step 9",
     ]
     events = queues["events"]
     assert events["ready"] == 4
@@ -199,8 +212,10 @@ def test_queues_counts(scene: Scene) -> None:
 def test_queues_table(scene: Scene) -> None:
     result = invoke("queues", "--url", scene.url)
     assert result.exit_code == 0, result.output
-    assert re.search(r"tasks\s+│\s+7\s+│\s+3\s+│\s+1\s+│\s+[\d.]+\s+│\s+1\s+│", result.stdout)
-    assert re.search(r"events\s+│\s+4\s+│\s+0\s+│\s+0\s+│\s+-\s+│\s+0\s+│", result.stdout)
+    tasks_row = table_row("tasks", "7", "3", "1", r"[\d.]+", "1")
+    assert re.search(tasks_row, result.stdout)
+    events_row = table_row("events", "4", "0", "0", "-", "0")
+    assert re.search(events_row, result.stdout)
 
 
 def test_queues_from_env_var(scene: Scene) -> None:
@@ -227,7 +242,7 @@ def test_consumers_of_queue(scene: Scene, redis_client: redis.Redis) -> None:
 
     table = invoke("consumers", "tasks", "--url", scene.url)
     assert table.exit_code == 0, table.output
-    assert re.search(rf"{re.escape(scene.consumer)}\s+│\s+3\s+│", table.stdout)
+    assert re.search(table_row(re.escape(scene.consumer), "3"), table.stdout)
     assert ("inactive (s)" in table.stdout) is reported
 
 
@@ -275,7 +290,9 @@ def test_dead_letters(scene: Scene) -> None:
     assert BODY_MARKER not in table.output
 
 
-def test_dead_letter_headers_summary(broker_url: str, redis_client: redis.Redis) -> None:
+def test_dead_letter_headers_summary(
+    broker_url: str, redis_client: redis.Redis
+) -> None:
     queue = Queue("billing", Exchange("billing", "direct"), "billing")
     # Valid JSON meta with headers but no properties: the transport rejects it.
     meta = json.dumps({"headers": {"task": "proj.charge", "id": "charge-1"}})
@@ -297,6 +314,46 @@ def test_dead_letter_headers_summary(broker_url: str, redis_client: redis.Redis)
     assert table.exit_code == 0, table.output
     assert "task proj.charge, id charge-1" in table.stdout
     assert BODY_MARKER not in table.output
+
+
+def test_fanout_queue_counts(broker_url: str, redis_client: redis.Redis) -> None:
+    news = Queue("news", Exchange("news", "fanout"))
+    with Connection(broker_url) as connection:
+        news(connection.channel()).declare()
+        producer = Producer(connection.channel())
+        for number in range(6):
+            producer.publish({"n": number}, exchange=news.exchange, routing_key="")
+        unacked: list[Message] = []
+        consumer = Consumer(
+            connection,
+            [news],
+            callbacks=[lambda _, m: unacked.append(m)],
+            prefetch_count=2,
+        )
+        with consumer:
+            for _ in range(2):
+                connection.drain_events(timeout=2)
+            summary = invoke_json("queues", "--url", broker_url)["queues"][0]
+            assert summary["name"] == "news"
+            assert summary["ready"] == 4
+            assert summary["pending"] == 2
+            assert summary["consumers"] == 1
+
+            # XDEL makes the server stop reporting lag, so the count falls
+            # back to reading the entries after the last delivered ID.
+            stream = "_kombu_streams.fanout.{news}"
+            last_id = redis_client.xrevrange(stream, count=1)[0][0]
+            redis_client.xdel(stream, last_id)
+            groups = redis_client.xinfo_groups(stream)
+            assert groups[0].get("lag") is None
+            summary = invoke_json("queues", "--url", broker_url)["queues"][0]
+            assert summary["ready"] == 3
+            assert summary["pending"] == 2
+
+            pending = invoke_json("pending", "news", "--url", broker_url)
+            labels = {entry["stream"]["label"] for entry in pending["entries"]}
+            assert labels == {"fanout news"}
+            assert pending["total"] == 2
 
 
 def test_dead_of_queue_without_dead_letters(scene: Scene) -> None:
@@ -335,7 +392,7 @@ def test_wrong_key_type_exits_2(broker_url: str, redis_client: redis.Redis) -> N
         result = invoke(command, "broken", "--url", broker_url)
         assert result.exit_code == 2, command
         assert "Key '{broken}' of queue 'broken'" in result.stderr
-        assert "holds a string, not a stream" in result.stderr
+        assert "is a string, not a stream" in result.stderr
         assert "Traceback" not in result.output
 
     listing = invoke("queues", "--url", broker_url)

@@ -137,7 +137,7 @@ def test_malformed_entry_set_aside(
     assert len(dead) == 2
     first = dead[0][1]
     assert first[b"junk"] == b"\xff\x00"
-    assert b"no b'body' field" in first[b"x-dead-letter-reason"]
+    assert b"no 'body' field" in first[b"x-dead-letter-reason"]
     assert first[b"x-dead-letter-source"] == f"{{recover}} {bad_id}".encode()
     assert bad_id in caplog.text
     assert redis_client.xlen("{recover}") == 0

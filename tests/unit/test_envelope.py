@@ -58,8 +58,8 @@ def test_encode_drops_delivery_tag() -> None:
     [
         (None, "no fields"),
         ([], "no fields"),
-        ([b"junk", b"1"], "no b'body' field"),
-        ([b"body", b"x"], "no b'meta' field"),
+        ([b"junk", b"1"], "no 'body' field"),
+        ([b"body", b"x"], "no 'meta' field"),
         ([b"body", b"x", b"meta", b"{not json"], "not valid JSON"),
         ([b"body", b"x", b"meta", b"[1, 2]"], "JSON object"),
         ([b"body", b"x", b"meta", b'{"headers": {}}'], "JSON object"),

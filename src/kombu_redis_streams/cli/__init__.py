@@ -1,8 +1,9 @@
 """The ``kombu-streams`` command: a self-checking demo and read-only inspection.
 
-Every subcommand prints one line and exits with code 2 when it cannot do its
-work (server unreachable, invalid URL, a key of the wrong type), with code 1
-when the demo finds a lost or duplicated message, and with code 0 otherwise.
+A subcommand that cannot do its work (server unreachable, invalid URL, a key of
+the wrong type) prints one error line and exits with code 2. The demo exits
+with code 1 when it finds a lost or duplicated message. Otherwise the exit code
+is 0.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import click
 
 from .. import __version__
+
 # Modules, not names: importing the command ``demo`` here would hide the
 # module ``cli.demo`` behind it.
 from . import demo_command, inspect_commands

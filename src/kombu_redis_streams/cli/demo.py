@@ -27,7 +27,7 @@ from ..inspect import InspectError, Inspector, glob_escape, normalize_url
 
 logger = logging.getLogger(__name__)
 
-#: Start of the key prefix of every demo run; a random run ID follows it.
+#: Start of the key prefix of every demo run. A random run ID follows it.
 DEMO_PREFIX = "kombu-streams-demo:"
 
 #: Prefetch limit of the consuming channel.
@@ -80,7 +80,7 @@ class Publication:
 
 @dataclass(frozen=True)
 class QueueResult:
-    """What one queue was expected to receive and what it did receive."""
+    """Expected and received counts of one queue."""
 
     queue: str
     group: str
@@ -179,7 +179,8 @@ class Tally:
         self.received: dict[str, Counter[str]] = {name: Counter() for name in expected}
         self.missing = sum(len(ids) for ids in expected.values())
         self.deliveries = 0
-        #: monotonic() time of the last first arrival of an expected ID.
+        #: Value of monotonic() when an expected ID last arrived for the first
+        #: time, or None before any did.
         self.last_expected_at: float | None = None
 
     def record(self, queue: str, body: Any) -> None:
@@ -272,19 +273,18 @@ def run_demo(url: str, messages: int, idle_timeout_s: float) -> DemoReport:
     except InspectError as exc:
         raise DemoError(str(exc)) from None
     try:
-        inspector.client.ping()
-    except (redis.RedisError, OSError) as exc:
+        with inspector.server_errors():
+            inspector.client.ping()
+    except InspectError as exc:
         inspector.close()
-        raise DemoError(
-            f"Cannot connect to the server at {inspector.address} ({exc}). Check "
-            "that the server is running and that --url names its host and port."
-        ) from None
+        raise DemoError(str(exc)) from None
 
     try:
-        return _run(url, options, inspector, messages, idle_timeout_s, run_id)
+        with inspector.server_errors():
+            return _run(url, options, inspector, messages, idle_timeout_s, run_id)
     except InspectError as exc:
         raise DemoError(str(exc)) from None
-    except (redis.RedisError, OSError) as exc:
+    except OSError as exc:
         raise DemoError(
             f"The demo failed on the server at {inspector.address} ({exc}). Check "
             "that the server is running and that --url names its host and port."
@@ -294,7 +294,7 @@ def run_demo(url: str, messages: int, idle_timeout_s: float) -> DemoReport:
             _delete_keys(inspector.client, prefix)
         except (redis.RedisError, OSError) as exc:
             logger.warning(
-                "Could not delete the demo's keys under prefix %r (%s); delete "
+                "Could not delete the demo's keys under prefix %r (%s). Delete "
                 "them with SCAN and UNLINK.",
                 prefix,
                 exc,
@@ -317,10 +317,9 @@ def _run(
             expected[queue_name].add(publication.message_id)
     tally = Tally(expected)
 
-    with (
-        Connection(url, transport_options=options) as producer_connection,
-        Connection(url, transport_options=options) as consumer_connection,
-    ):
+    producer_connection = Connection(url, transport_options=options)
+    consumer_connection = Connection(url, transport_options=options)
+    with producer_connection, consumer_connection:
         channel = producer_connection.channel()
         for queue in QUEUES:
             queue(channel).declare()

@@ -39,7 +39,7 @@ def demo(ctx: click.Context, url: str | None, messages: int, timeout: float) -> 
 
     The demo keeps its keys under a key prefix of its own and deletes them at
     the end. It exits with code 0 when every expected message arrived exactly
-    once and was acknowledged, and with code 1 otherwise.
+    once and was acknowledged and no other message arrived, else with code 1.
     """
     console = make_console()
     try:

@@ -14,10 +14,9 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import click
-from rich.table import Table
-from rich.text import Text
 
 from ..inspect import InspectError, Inspector
+from . import render
 from .common import CommandError, make_console
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -81,11 +80,6 @@ def print_json(listing: Any) -> None:
     click.echo(json.dumps(dataclasses.asdict(listing), indent=2))
 
 
-def seconds(milliseconds: int | None) -> str:
-    """Format a duration in ms as seconds with one decimal, or '-' for None."""
-    return "-" if milliseconds is None else f"{milliseconds / 1000:.1f}"
-
-
 @click.command()
 @server_options
 def queues(url: str, prefix: str, group_prefix: str, as_json: bool) -> None:
@@ -96,32 +90,14 @@ def queues(url: str, prefix: str, group_prefix: str, as_json: bool) -> None:
     if as_json:
         print_json(listing)
         return
-    console = make_console()
+
     for skipped in listing.skipped:
         click.echo(
             f"Skipped key {skipped.key!r}: it matches the queue key layout but "
-            f"holds a {skipped.type}, not a stream.",
+            f"is a {skipped.type}, not a stream.",
             err=True,
         )
-    if not listing.queues:
-        console.print(
-            Text(f"No queues found on {address} under key prefix {prefix!r}.")
-        )
-        return
-    table = Table(title=Text(f"Queues on {address}, key prefix {prefix!r}"))
-    table.add_column("queue", overflow="fold")
-    for name in ("ready", "pending", "consumers", "oldest pending idle (s)", "dead"):
-        table.add_column(name, justify="right")
-    for summary in listing.queues:
-        table.add_row(
-            Text(summary.name),
-            str(summary.ready),
-            str(summary.pending),
-            str(summary.consumers),
-            seconds(summary.max_pending_idle_ms),
-            str(summary.dead_lettered),
-        )
-    console.print(table)
+    render.print_queues(make_console(), listing, address, prefix)
 
 
 @click.command()
@@ -135,35 +111,8 @@ def consumers(
         listing = inspector.list_consumers(queue)
     if as_json:
         print_json(listing)
-        return
-    console = make_console()
-    if not listing.consumers:
-        console.print(Text(f"Queue {queue!r} has no consumers."))
-        return
-    table = Table(title=Text(f"Consumers of queue {queue!r}"))
-    table.add_column("consumer", overflow="fold")
-    table.add_column("pending", justify="right")
-    table.add_column("idle (s)", justify="right")
-    if listing.inactive_reported:
-        table.add_column("inactive (s)", justify="right")
-    table.add_column("streams", overflow="fold")
-    for consumer in listing.consumers:
-        row: list[str | Text] = [
-            Text(consumer.name),
-            str(consumer.pending),
-            seconds(consumer.idle_ms),
-        ]
-        if listing.inactive_reported:
-            inactive = consumer.inactive_ms
-            row.append("never" if inactive is None else seconds(inactive))
-        row.append(Text(", ".join(consumer.streams)))
-        table.add_row(*row)
-    console.print(table)
-    if not listing.inactive_reported:
-        console.print(
-            "The server does not report inactive time; Redis 7.2 or newer and "
-            "Valkey do."
-        )
+    else:
+        render.print_consumers(make_console(), listing)
 
 
 @click.command()
@@ -178,27 +127,8 @@ def pending(
         listing = inspector.list_pending(queue, limit)
     if as_json:
         print_json(listing)
-        return
-    console = make_console()
-    if not listing.entries:
-        console.print(Text(f"Queue {queue!r} has no pending entries."))
-        return
-    table = Table(title=Text(f"Pending entries of queue {queue!r}"))
-    table.add_column("entry ID")
-    table.add_column("stream", overflow="fold")
-    table.add_column("consumer", overflow="fold")
-    table.add_column("idle (s)", justify="right")
-    table.add_column("deliveries", justify="right")
-    for entry in listing.entries:
-        table.add_row(
-            entry.entry_id,
-            Text(entry.stream.label),
-            Text(entry.consumer),
-            seconds(entry.idle_ms),
-            str(entry.delivery_count),
-        )
-    console.print(table)
-    console.print(f"Showing {len(listing.entries)} of {listing.total} pending entries.")
+    else:
+        render.print_pending(make_console(), listing)
 
 
 @click.command()
@@ -213,21 +143,5 @@ def dead(
         listing = inspector.list_dead_letters(queue, limit)
     if as_json:
         print_json(listing)
-        return
-    console = make_console()
-    if not listing.entries:
-        console.print(Text(f"Queue {queue!r} has no dead-lettered entries."))
-        return
-    table = Table(title=Text(f"Dead-lettered entries of queue {queue!r}"))
-    table.add_column("entry ID")
-    table.add_column("reason", overflow="fold")
-    table.add_column("source", overflow="fold")
-    table.add_column("headers", overflow="fold")
-    for entry in listing.entries:
-        table.add_row(
-            entry.entry_id, Text(entry.reason), Text(entry.source), Text(entry.summary)
-        )
-    console.print(table)
-    console.print(
-        f"Showing {len(listing.entries)} of {listing.total} dead-lettered entries."
-    )
+    else:
+        render.print_dead_letters(make_console(), listing)
