@@ -21,7 +21,7 @@ from redis import exceptions as redis_errors
 from . import envelope
 from .errors import QueueFullError, StaleRoutingError
 from .keys import clamp_priority, priority_step
-from .plan import Delivery, Entry, ReadTarget, build_plan
+from .plan import FANOUT_MODE, Delivery, Entry, ReadTarget, build_plan
 from .qos import QoS as StreamsQoS
 from .reader import BlockingReader
 
@@ -35,6 +35,9 @@ UNLIMITED_READ_COUNT = 100
 
 #: How many times a publish reloads the routing tables when they keep changing.
 PUBLISH_ATTEMPTS = 5
+
+#: Seconds between two sweeps of one fanout stream for groups of gone queues.
+FANOUT_SWEEP_INTERVAL_S = 60.0
 
 #: Seconds between two log lines about the same broken key.
 BROKEN_KEY_LOG_INTERVAL_S = 60.0
@@ -60,10 +63,16 @@ class Channel(virtual.Channel):
         self.deadletter_queue = self.options.deadletter_queue
         self.client = connection.redis_client
         self.scripts = connection.scripts
-        self.consumer_name = (
-            f"{socket.gethostname()}.{os.getpid()}.{self.channel_id}."
-            f"{uuid.uuid4().hex[:8]}"
-        )
+        if self.options.consumer_name:
+            self.consumer_name = f"{self.options.consumer_name}.{self.channel_id}"
+        else:
+            self.consumer_name = (
+                f"{socket.gethostname()}.{os.getpid()}.{self.channel_id}."
+                f"{uuid.uuid4().hex[:8]}"
+            )
+        # Streams whose pending entries under a stable name were taken back.
+        self._own_recovered: set[str] = set()
+        self._next_fanout_sweep: dict[str, float] = {}
         self.reader = BlockingReader(connection.pool, self.options.block_timeout_s)
         self.auto_delete_queues: set[str] = set()
         self._no_ack_queues: set[str] = set()
@@ -345,6 +354,9 @@ class Channel(virtual.Channel):
 
         version, table, _ = self.connection.routing.lookup(exchange)
         if isinstance(self.typeof(exchange), FanoutExchange) and table:
+            # Publishers sweep too, so groups of dead receivers cannot hold
+            # entries back while no receiver is alive to sweep them.
+            self.sweep_fanout(self.keys.fanout_stream(exchange))
             return version, [(self.keys.fanout_stream(exchange), 0)]
         queues = self._lookup(exchange, routing_key)
         streams = [
@@ -466,6 +478,11 @@ class Channel(virtual.Channel):
         plan = self.plan()
         if credit <= 0 or not plan:
             return 0
+        if self.options.consumer_name:
+            taken = self._recover_own(plan, credit)
+            if taken:
+                self.needs_fetch = True
+                return taken
         entries, last_ids = self._fetch(plan, credit)
         self._buffer.extend(entries)
         self._last_ids = last_ids
@@ -499,6 +516,35 @@ class Channel(virtual.Channel):
             if target.stream not in broken
         }
         return entries, last_ids
+
+    def _recover_own(self, plan: list[ReadTarget], credit: int) -> int:
+        """Take back what this consumer name left pending before a restart."""
+        taken = 0
+        for target in plan:
+            if target.no_ack or target.stream in self._own_recovered:
+                continue
+            reply = self.scripts.recover_own(
+                keys=[target.stream],
+                args=[target.group, self.consumer_name, credit - taken],
+                client=self.client,
+            )
+            for entry_id, fields, deliveries in zip(
+                reply[::3], reply[1::3], reply[2::3]
+            ):
+                entry = Entry(target, _text(entry_id), fields, int(deliveries))
+                self._buffer.append(entry)
+            taken += len(reply) // 3
+            if taken >= credit:
+                break
+            self._own_recovered.add(target.stream)
+        if taken:
+            logger.warning(
+                "Consumer %r took back %d entries it had pending before a restart; "
+                "they are delivered again.",
+                self.consumer_name,
+                taken,
+            )
+        return taken
 
     def _handle_notes(self, plan: list[ReadTarget], notes: list[Any]) -> set[str]:
         """Log what the fetch script noted; return the streams it could not read."""
@@ -580,31 +626,59 @@ class Channel(virtual.Channel):
         except envelope.MalformedEntry as exc:
             self._set_aside(entry, str(exc))
             return None
-        tag = next(self._tags)
-        message["properties"]["delivery_tag"] = tag
         carried = message["headers"].get(envelope.DELIVERY_COUNT_HEADER, 0)
         carried = carried if isinstance(carried, int) else 0
         total = carried + entry.delivery_count
+        limit = self.options.max_deliveries
+        if limit is not None and total > limit and not entry.target.no_ack:
+            self._set_aside(
+                entry,
+                f"delivered {total - 1} times without an ack (max_deliveries={limit})",
+                total - 1,
+            )
+            return None
+        tag = next(self._tags)
+        message["properties"]["delivery_tag"] = tag
         if total > 1:
             envelope.mark_redelivered(message, total)
-        self._deliveries[tag] = Delivery(entry.target, entry.entry_id)
+        self._deliveries[tag] = Delivery(entry.target, entry.entry_id, total)
         return message
 
-    def _set_aside(self, entry: Entry, reason: str) -> None:
+    def _set_aside(self, entry: Entry, reason: str, deliveries: int = 0) -> None:
         target = entry.target
         dead = self.keys.dead_letter_stream(target.queue)
         logger.error(
-            "Entry %s of stream %r cannot be read as a message (%s); it was moved "
-            "to %r for inspection and consumption goes on.",
+            "Entry %s of stream %r was moved to %r (%s); consumption goes on.",
             entry.entry_id,
             target.stream,
-            reason,
             dead,
+            reason,
         )
+        self._move_to_dead_letters(target, entry.entry_id, reason, deliveries)
+
+    def _move_to_dead_letters(
+        self, target: ReadTarget, entry_id: str, reason: str, deliveries: int
+    ) -> None:
         self.scripts.dead_letter(
-            keys=[target.stream, dead],
-            args=[target.group, target.kind, entry.entry_id, reason, target.queue],
+            keys=[target.stream, self.keys.dead_letter_stream(target.queue)],
+            args=[
+                target.group,
+                target.kind,
+                entry_id,
+                reason,
+                target.queue,
+                deliveries,
+            ],
             client=self.client,
+        )
+
+    def dead_letter_delivered(self, delivery_tag: Any, reason: str) -> None:
+        """Move a delivered message to its queue's dead-letter stream."""
+        delivery = self._deliveries.pop(delivery_tag, None)
+        if delivery is None or delivery.target.no_ack:
+            return
+        self._move_to_dead_letters(
+            delivery.target, delivery.entry_id, reason, delivery.deliveries
         )
 
     # -- acknowledge and requeue -----------------------------------------------
@@ -733,10 +807,63 @@ class Channel(virtual.Channel):
                 )
                 self._buffer.append(Entry(target, entry_id, fields, int(deliveries)))
                 taken += 1
+        self._prune_consumers()
         # A blocking read cannot tell that its streams vanished (FLUSHALL, a
         # restart without persistence): the next fetch checks and repairs.
         self.needs_fetch = True
         return taken
+
+    def _prune_consumers(self) -> None:
+        """Remove consumers that left their groups without closing.
+
+        Only consumers with no pending entry and idle for longer than
+        ``visibility_timeout`` go, so no entry becomes unclaimable. Groups on
+        fanout streams whose queue no longer exists (it expired, or a client
+        died before deleting its auto-delete queue) are removed too.
+        """
+        idle_ms = int(self.options.visibility_timeout * 1000)
+        for target in self.plan():
+            self.scripts.prune(
+                keys=[target.stream],
+                args=[target.group, idle_ms, self.consumer_name],
+                client=self.client,
+            )
+            if target.kind == FANOUT_MODE:
+                self.sweep_fanout(target.stream)
+
+    def sweep_fanout(self, stream: str) -> None:
+        """Destroy groups of queues that are gone, at most once a minute."""
+        now = monotonic()
+        if now < self._next_fanout_sweep.get(stream, 0.0):
+            return
+        self._next_fanout_sweep[stream] = now + FANOUT_SWEEP_INTERVAL_S
+        try:
+            groups = self.client.xinfo_groups(stream)
+        except redis_errors.ResponseError:
+            return  # no stream: nothing to sweep
+        idle_ms = self.options.visibility_timeout * 1000
+        for group in groups:
+            name = _text(group["name"])
+            queue = self.keys.queue_of_group(name)
+            if queue is None or self._has_queue(queue):
+                continue
+            consumers = self.client.xinfo_consumers(stream, name)
+            if any(consumer["idle"] < idle_ms for consumer in consumers):
+                continue
+            exchange = self.keys.exchange_of_fanout_stream(stream)
+            logger.warning(
+                "Queue %r no longer exists, so its group %r on fanout stream %r is "
+                "destroyed and its binding removed.",
+                queue,
+                name,
+                stream,
+            )
+            members = [
+                self.connection.routing.member(rk, pattern, bound)
+                for rk, pattern, bound in self.get_table(exchange)
+                if bound == queue
+            ]
+            self._remove_bindings(exchange, members, queue)
 
     def renew_held(self) -> None:
         """Reset the idle time of every entry this channel holds or buffers.

@@ -110,7 +110,8 @@ class EmbeddedServer:
             time.sleep(0.02)
         self.stop()
         raise RuntimeError(
-            f"{self.binary} did not reply to PING on port {self.port} within {timeout_s} s."
+            f"{self.binary} did not reply to PING on port {self.port} "
+            f"within {timeout_s} s."
         )
 
     def _answers_ping(self) -> bool:

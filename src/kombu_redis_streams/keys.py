@@ -44,6 +44,11 @@ class KeySpace:
         """Return the stream that holds the messages of a fanout exchange."""
         return f"{self.prefix}{NAMESPACE}.fanout.{{{exchange}}}"
 
+    def exchange_of_fanout_stream(self, stream: str) -> str:
+        """Return the exchange whose fanout stream is ``stream``."""
+        head = f"{self.prefix}{NAMESPACE}.fanout.{{"
+        return stream[len(head) : -1]
+
     def bindings(self, exchange: str) -> str:
         """Return the set of bindings of ``exchange``."""
         return f"{self.prefix}{NAMESPACE}.binding.{exchange}"

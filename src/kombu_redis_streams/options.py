@@ -82,6 +82,10 @@ def _non_empty_string(value: Any) -> str:
     return value
 
 
+def _optional_non_empty_string(value: Any) -> str | None:
+    return None if value is None else _non_empty_string(value)
+
+
 def _optional_string(value: Any) -> str | None:
     return None if value is None else _string(value)
 
@@ -117,6 +121,12 @@ def _optional_bool(value: Any) -> bool | None:
     raise _Invalid("True, False or None")
 
 
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid("True or False")
+    return value
+
+
 def _any(value: Any) -> Any:
     return value
 
@@ -125,9 +135,10 @@ def _any(value: Any) -> Any:
 class TransportOptions:
     """Validated transport options, with kombu's names and defaults."""
 
-    #: Seconds an entry may stay unacknowledged by a consumer that shows no
-    #: sign of life before XAUTOCLAIM hands it to another consumer.
-    visibility_timeout: float = 3600.0
+    #: Seconds an entry may stay idle in the pending entries list before
+    #: XAUTOCLAIM hands it to another consumer. A live consumer touches its
+    #: entries several times per timeout, so only a dead one loses them.
+    visibility_timeout: float = 300.0
     #: Seconds between two reclaim scans (XAUTOCLAIM) of a consuming channel.
     unacked_restore_interval: float = 10.0
     #: Priority buckets: one stream per step, lower steps served first.
@@ -138,6 +149,10 @@ class TransportOptions:
     global_keyprefix: str = ""
     #: Prefix of consumer group names; the queue name follows it.
     consumer_group_prefix: str = "kombu:"
+    #: Stable consumer name of this process (unique per process, for example
+    #: the Celery node name). A process that restarts under the same name
+    #: takes its pending entries back at once. None: a new name per channel.
+    consumer_name: str | None = None
     #: Separator inside binding-set members, as in kombu.
     sep: str = "\x06\x16"
     #: Seconds a blocking read waits on the server before it is sent again;
@@ -148,6 +163,12 @@ class TransportOptions:
     #: Most ready entries a queue stream may hold before a publish is
     #: refused; None means no cap. Never trims an unread entry.
     stream_maxlen: int | None = None
+    #: Deliveries without an ack after which a message goes to its queue's
+    #: dead-letter stream instead of being delivered again; None: no limit.
+    max_deliveries: int | None = None
+    #: Send messages rejected with requeue=False to the dead-letter stream
+    #: instead of dropping them.
+    dead_letter_rejected: bool = False
     #: Codec applied to the body; None stores the body bytes as they are.
     body_encoding: str | None = None
     #: Queue that receives messages no binding matched.
@@ -198,10 +219,13 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "queue_order_strategy": _queue_order_strategy,
     "global_keyprefix": _string,
     "consumer_group_prefix": _non_empty_string,
+    "consumer_name": _optional_non_empty_string,
     "sep": _non_empty_string,
     "polling_interval": _optional_positive_number,
     "prefetch_count": _non_negative_int,
     "stream_maxlen": _optional_positive_int,
+    "max_deliveries": _optional_positive_int,
+    "dead_letter_rejected": _bool,
     "body_encoding": _optional_string,
     "deadletter_queue": _optional_string,
     "socket_timeout": _optional_positive_number,

@@ -46,6 +46,8 @@ class Delivery:
 
     target: ReadTarget
     entry_id: str
+    #: How many times the message was delivered, this delivery included.
+    deliveries: int = 1
 
 
 def build_plan(

@@ -50,10 +50,16 @@ class QoS(virtual.QoS):
         super().ack(delivery_tag)
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
-        """Requeue the message at the tail of its queue, or drop it."""
+        """Requeue the message at the tail of its queue, or drop it.
+
+        With ``dead_letter_rejected`` a message rejected without requeue goes
+        to its queue's dead-letter stream instead of being dropped.
+        """
         if requeue:
             message = self._delivered[delivery_tag]
             self.channel.requeue_delivered(delivery_tag, message)
+        elif self.channel.options.dead_letter_rejected:
+            self.channel.dead_letter_delivered(delivery_tag, "rejected by the consumer")
         else:
             self.channel.settle(delivery_tag)
         self._quick_ack(delivery_tag)

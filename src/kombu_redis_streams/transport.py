@@ -234,7 +234,9 @@ class Transport(virtual.Transport):
         channel.needs_fetch = True
         logger.warning(
             "The blocking read of channel %s failed (%s); it is sent again on a "
-            "new connection after the next fetch.", channel.channel_id, exc,
+            "new connection after the next fetch.",
+            channel.channel_id,
+            exc,
         )
 
     def _health_slack_s(self) -> float:

@@ -7,7 +7,7 @@ from kombu_redis_streams.options import IGNORED_OPTIONS, TransportOptions
 
 def test_defaults_match_kombu_redis() -> None:
     options = TransportOptions.from_mapping({})
-    assert options.visibility_timeout == 3600
+    assert options.visibility_timeout == 300
     assert options.priority_steps == (0, 3, 6, 9)
     assert options.queue_order_strategy == "round_robin"
     assert options.global_keyprefix == ""
@@ -20,7 +20,7 @@ def test_defaults_match_kombu_redis() -> None:
 
 def test_unknown_options_are_ignored() -> None:
     options = TransportOptions.from_mapping({"confirm_publish": True, "max_retries": 3})
-    assert options.visibility_timeout == 3600
+    assert options.visibility_timeout == 300
 
 
 def test_lists_only_options_are_accepted() -> None:

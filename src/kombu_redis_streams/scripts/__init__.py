@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 from redis import Redis
 from redis.commands.core import Script
 
 #: Scripts that use the helpers of ``common.lua``.
-_NEEDS_COMMON = {"fetch", "ack", "requeue", "dead_letter", "leave", "purge", "trim"}
+_NEEDS_COMMON = {
+    "fetch",
+    "ack",
+    "requeue",
+    "dead_letter",
+    "leave",
+    "purge",
+    "trim",
+    "prune",
+}
 
 NAMES = (
     "fetch",
@@ -21,10 +30,12 @@ NAMES = (
     "leave",
     "purge",
     "trim",
+    "recover_own",
+    "prune",
 )
 
 
-@lru_cache(maxsize=None)
+@cache
 def source(name: str) -> str:
     """Return the Lua source of script ``name``, with its helpers in front."""
     folder = resources.files(__name__)
@@ -54,3 +65,5 @@ class Scripts:
     leave: Script
     purge: Script
     trim: Script
+    recover_own: Script
+    prune: Script

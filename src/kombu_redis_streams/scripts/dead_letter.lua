@@ -3,7 +3,7 @@
 -- as stored, so an entry that cannot be decoded keeps its bytes.
 --
 -- KEYS: the stream the entry was read from, the dead-letter stream.
--- ARGV: group, mode, entry ID, reason, queue.
+-- ARGV: group, mode, entry ID, reason, queue, delivery count.
 -- Returns the ID of the dead-letter entry, or false when the entry is gone.
 local found = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
 local new_id = false
@@ -15,6 +15,8 @@ if #found > 0 then
   table.insert(copy, ARGV[5])
   table.insert(copy, 'x-dead-letter-source')
   table.insert(copy, KEYS[1] .. ' ' .. ARGV[3])
+  table.insert(copy, 'x-delivery-count')
+  table.insert(copy, ARGV[6])
   new_id = redis.call('XADD', KEYS[2], '*', unpack(copy))
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
