@@ -31,8 +31,8 @@ from .scripts import Scripts
 logger = logging.getLogger(__name__)
 
 #: Seconds a blocking read may be late before its connection counts as dead,
-#: when ``health_check_interval`` is 0.
-MIN_HEALTH_SLACK_S = 5.0
+#: when ``health_check_interval`` is 0 (kombu's default interval).
+DEFAULT_HEALTH_SLACK_S = 25.0
 
 
 class Transport(virtual.Transport):
@@ -240,7 +240,7 @@ class Transport(virtual.Transport):
         )
 
     def _health_slack_s(self) -> float:
-        return max(self.options.health_check_interval, MIN_HEALTH_SLACK_S)
+        return self.options.health_check_interval or DEFAULT_HEALTH_SLACK_S
 
     # -- event loop --------------------------------------------------------------
 
