@@ -19,6 +19,7 @@ from kombu.utils.scheduling import cycle_by_name
 from redis import exceptions as redis_errors
 
 from . import envelope
+from .acks import AckBuffer
 from .errors import QueueFullError, StaleRoutingError
 from .keys import clamp_priority, priority_step
 from .plan import FANOUT_MODE, Delivery, Entry, ReadTarget, build_plan
@@ -81,6 +82,7 @@ class Channel(virtual.Channel):
         self._last_ids: dict[str, str] | None = None
         self._buffer: deque[Entry] = deque()
         self._deliveries: dict[Any, Delivery] = {}
+        self._acks = AckBuffer()
         self._streams_read: set[tuple[str, str]] = set()
         self._reclaim_cursors: dict[str, str] = {}
         self._next_reclaim = monotonic() + self.options.unacked_restore_interval
@@ -496,9 +498,20 @@ class Channel(virtual.Channel):
         args: list[Any] = [self.consumer_name, credit]
         for target in plan:
             args.extend((target.group, target.mode, target.expire_ms))
-        raw_entries, raw_last_ids, notes = self.scripts.fetch(
-            keys=keys, args=args, client=self.client
-        )
+        pending = self._acks.take()
+        if pending:
+            # The acks ride in the same round trip as the read.
+            try:
+                with self.client.pipeline(transaction=False) as pipe:
+                    self._acks.queue_into(pipe, self.scripts.ack, pending)
+                    self.scripts.fetch(keys=keys, args=args, client=pipe)
+                    reply = pipe.execute()[-1]
+            except BaseException:
+                self._acks.give_back(pending)
+                raise
+        else:
+            reply = self.scripts.fetch(keys=keys, args=args, client=self.client)
+        raw_entries, raw_last_ids, notes = reply
         self._streams_read.update((target.stream, target.group) for target in plan)
         broken = self._handle_notes(plan, notes)
 
@@ -684,16 +697,24 @@ class Channel(virtual.Channel):
     # -- acknowledge and requeue -----------------------------------------------
 
     def settle(self, delivery_tag: Any) -> None:
-        """Acknowledge a delivery: XACK it and delete its entry."""
+        """Acknowledge a delivery; the XACK goes with the next round trip."""
         delivery = self._deliveries.pop(delivery_tag, None)
         if delivery is None or delivery.target.no_ack:
             return
-        target = delivery.target
-        self.scripts.ack(
-            keys=[target.stream],
-            args=[target.group, target.kind, delivery.entry_id],
-            client=self.client,
-        )
+        self._acks.add(delivery.target, delivery.entry_id)
+
+    def flush_acks(self) -> None:
+        """Send the collected acks now, in one round trip."""
+        pending = self._acks.take()
+        if not pending:
+            return
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                self._acks.queue_into(pipe, self.scripts.ack, pending)
+                pipe.execute()
+        except BaseException:
+            self._acks.give_back(pending)
+            raise
 
     def requeue_delivered(self, delivery_tag: Any, message: Any) -> None:
         """Append a delivered message to the tail of its queue, flagged redelivered."""
@@ -866,12 +887,13 @@ class Channel(virtual.Channel):
             self._remove_bindings(exchange, members, queue)
 
     def renew_held(self) -> None:
-        """Reset the idle time of every entry this channel holds or buffers.
+        """Send collected acks and reset the idle time of every entry held.
 
         Runs in the lease keeper's thread while the consuming thread changes
         the same collections, so it copies them first and retries the copy if
         a change raced with it.
         """
+        self.flush_acks()
         for _ in range(3):
             try:
                 held = [(d.target, d.entry_id) for d in list(self._deliveries.values())]
@@ -906,6 +928,7 @@ class Channel(virtual.Channel):
             return
         connection_errors = self.connection.connection_errors
         try:
+            self.flush_acks()
             for consumer_tag in list(self._consumers):
                 self.basic_cancel(consumer_tag)
             self._return_buffered()

@@ -222,7 +222,10 @@ class Transport(virtual.Transport):
             return reader.fileno()
         last_ids = channel.last_ids()
         if channel.credit() <= 0 or last_ids is None:
+            channel.flush_acks()
             return None
+        # Acks must not wait for a read that may block for a whole period.
+        channel.flush_acks()
         return reader.send(last_ids)
 
     def _reader_failed(self, channel: StreamsChannel, exc: BaseException) -> None:

@@ -184,3 +184,33 @@ def test_cancel_returns_buffered_entries(broker_url: str) -> None:
     assert len(received) == 1
     assert sorted(m.payload["n"] for m in rest) == list(range(1, 10))
     assert not any(m.delivery_info.get("redelivered") for m in rest)
+
+
+def test_acks_ride_with_next_read(broker_url: str, redis_client: redis.Redis) -> None:
+    with Connection(broker_url) as connection:
+        publish(connection, 300)
+        before = redis_client.info("commandstats").get("cmdstat_evalsha", {"calls": 0})
+        received = drain(connection, [QUEUE], prefetch=100)
+        after = redis_client.info("commandstats")["cmdstat_evalsha"]
+    assert len(received) == 300
+    # About one fetch and one ack call per batch of 100, not one per message.
+    assert after["calls"] - before["calls"] < 30
+    assert redis_client.xlen("{acks}") == 0
+
+
+def test_unsent_acks_redeliver_after_crash(broker_url: str) -> None:
+    with Connection(broker_url) as connection:
+        publish(connection, 3)
+        simple = connection.SimpleQueue(QUEUE)
+        for _ in range(3):
+            simple.get(timeout=1).ack()
+        # The process dies before the acks leave: nothing sends them.
+        channel = simple.channel
+        channel.connection.leases.stop()
+        unsent = channel._acks.take()
+        assert sum(len(ids) for ids in unsent.values()) == 3
+        channel._deliveries.clear()
+    options = {"visibility_timeout": 0.3, "unacked_restore_interval": 0.1}
+    with Connection(broker_url, transport_options=options) as connection:
+        again = drain(connection, [QUEUE], timeout=1.5)
+    assert sorted(m.payload["n"] for m in again) == [0, 1, 2]
