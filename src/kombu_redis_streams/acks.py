@@ -41,13 +41,10 @@ class AckBuffer:
             for target, ids in pending.items():
                 self._pending.setdefault(target, [])[:0] = ids
 
-    def queue_into(
-        self, pipe: Any, script: Any, pending: dict[ReadTarget, list[str]]
-    ) -> None:
-        """Add one ack script call per stream to ``pipe``."""
-        for target, ids in pending.items():
-            script(
-                keys=[target.stream],
-                args=[target.group, target.kind, *ids],
-                client=pipe,
-            )
+    @staticmethod
+    def calls(script: Any, pending: dict[ReadTarget, list[str]]) -> list[Any]:
+        """Return one ack script call (script, keys, args) per stream."""
+        return [
+            (script, [target.stream], [target.group, target.kind, *ids])
+            for target, ids in pending.items()
+        ]

@@ -21,6 +21,7 @@ from redis import exceptions as redis_errors
 from . import envelope
 from .acks import AckBuffer
 from .errors import QueueFullError, StaleRoutingError
+from .fastpath import ScriptRunner
 from .keys import clamp_priority, priority_step
 from .plan import FANOUT_MODE, Delivery, Entry, ReadTarget, build_plan
 from .qos import QoS as StreamsQoS
@@ -75,6 +76,7 @@ class Channel(virtual.Channel):
         self._own_recovered: set[str] = set()
         self._next_fanout_sweep: dict[str, float] = {}
         self.reader = BlockingReader(connection.pool, self.options.block_timeout_s)
+        self.runner = ScriptRunner(connection.pool, self.client)
         self.auto_delete_queues: set[str] = set()
         self._no_ack_queues: set[str] = set()
         self._queue_cycle = cycle_by_name(self.options.queue_order_strategy)()
@@ -314,7 +316,7 @@ class Channel(virtual.Channel):
             args = [version, body, meta, self.options.stream_maxlen or 0]
             args.extend(expire_ms for _, expire_ms in streams)
             try:
-                reply = self.scripts.publish(keys=keys, args=args, client=self.client)
+                reply = self.runner.run(self.scripts.publish, keys, args)
             except redis_errors.ResponseError as exc:
                 if "WRONGTYPE" not in str(exc):
                     raise
@@ -369,6 +371,10 @@ class Channel(virtual.Channel):
             for queue in dict.fromkeys(queues)
         ]
         return version, streams
+
+    def _next_delivery_tag(self) -> None:
+        # kombu makes a uuid per publish; each read makes its own tag here.
+        return None
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         # Used by kombu's exchange types only; basic_publish routes itself.
@@ -498,20 +504,16 @@ class Channel(virtual.Channel):
         args: list[Any] = [self.consumer_name, credit]
         for target in plan:
             args.extend((target.group, target.mode, target.expire_ms))
+        # The collected acks ride in the same round trip as the read.
         pending = self._acks.take()
-        if pending:
-            # The acks ride in the same round trip as the read.
-            try:
-                with self.client.pipeline(transaction=False) as pipe:
-                    self._acks.queue_into(pipe, self.scripts.ack, pending)
-                    self.scripts.fetch(keys=keys, args=args, client=pipe)
-                    reply = pipe.execute()[-1]
-            except BaseException:
-                self._acks.give_back(pending)
-                raise
-        else:
-            reply = self.scripts.fetch(keys=keys, args=args, client=self.client)
-        raw_entries, raw_last_ids, notes = reply
+        calls = self._acks.calls(self.scripts.ack, pending)
+        calls.append((self.scripts.fetch, keys, args))
+        try:
+            replies = self.runner.run_many(calls)
+        except BaseException:
+            self._acks.give_back(pending)
+            raise
+        raw_entries, raw_last_ids, notes = replies[-1]
         self._streams_read.update((target.stream, target.group) for target in plan)
         broken = self._handle_notes(plan, notes)
 
@@ -710,7 +712,8 @@ class Channel(virtual.Channel):
             return
         try:
             with self.client.pipeline(transaction=False) as pipe:
-                self._acks.queue_into(pipe, self.scripts.ack, pending)
+                for script, keys, args in self._acks.calls(self.scripts.ack, pending):
+                    script(keys=keys, args=args, client=pipe)
                 pipe.execute()
         except BaseException:
             self._acks.give_back(pending)
@@ -946,6 +949,7 @@ class Channel(virtual.Channel):
             )
         finally:
             self.reader.close()
+            self.runner.close()
             super().close()
 
     def _leave_groups(self) -> None:

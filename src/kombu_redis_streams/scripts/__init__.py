@@ -54,7 +54,10 @@ class Scripts:
 
     def __init__(self, client: Redis) -> None:
         for name in NAMES:
-            setattr(self, name, client.register_script(source(name)))
+            script = client.register_script(source(name))
+            setattr(self, name, script)
+            # Loaded up front, so that NOSCRIPT only follows a server restart.
+            client.script_load(script.script)
 
     fetch: Script
     ack: Script
