@@ -152,3 +152,23 @@ def test_silent_drop_then_recover(server: EmbeddedServer, broker_url: str) -> No
     assert sorted(set(received)) == list(range(15))
     assert len(received) == 15
     assert redis.Redis(port=server.port).xlen("{outage}") == 0
+
+
+def test_script_flush_mid_consume(broker_url: str, redis_client: redis.Redis) -> None:
+    publish(broker_url, range(30))
+    received: list[int] = []
+    with Connection(broker_url) as connection:
+        with Consumer(
+            connection,
+            [QUEUE],
+            callbacks=[lambda b, m: (received.append(b["n"]), m.ack())],
+            prefetch_count=5,
+        ):
+            consume_until(connection, received, 7, 5)
+            # Acks are waiting to ride with the next fetch when the scripts go.
+            redis_client.script_flush()
+            consume_until(connection, received, 30, 10)
+            with pytest.raises(socket.timeout):
+                connection.drain_events(timeout=0.5)
+    assert sorted(received) == list(range(30))
+    assert redis_client.xlen("{outage}") == 0
