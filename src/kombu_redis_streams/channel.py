@@ -75,6 +75,7 @@ class Channel(virtual.Channel):
         # Streams whose pending entries under a stable name were taken back.
         self._own_recovered: set[str] = set()
         self._next_fanout_sweep: dict[str, float] = {}
+        self._next_expiry_refresh: dict[str, float] = {}
         self.reader = BlockingReader(connection.pool, self.options.block_timeout_s)
         self.runner = ScriptRunner(connection.pool, self.client)
         self.auto_delete_queues: set[str] = set()
@@ -310,8 +311,10 @@ class Channel(virtual.Channel):
 
         for _ in range(PUBLISH_ATTEMPTS):
             version, streams = self._route(exchange, routing_key, step)
-            if not streams:
-                return
+            if not streams and not version:
+                return  # the default exchange with no queue name
+            # With no target the script still checks the version, so a cached
+            # empty route is never trusted: a queue bound since is found.
             keys = [self.keys.routing_version, *(stream for stream, _ in streams)]
             args = [version, body, meta, self.options.stream_maxlen or 0]
             args.extend(expire_ms for _, expire_ms in streams)
@@ -916,6 +919,22 @@ class Channel(virtual.Channel):
             for (stream, group), ids in by_stream.items():
                 pipe.xclaim(stream, group, self.consumer_name, 0, ids, justid=True)
             pipe.execute(raise_on_error=False)
+
+    def refresh_expiry(self, now: float) -> None:
+        """Refresh the time to live of consumed queues that have one, when due."""
+        due = []
+        for target in list(self._plan or ()):
+            if target.expire_ms and now >= self._next_expiry_refresh.get(
+                target.stream, 0
+            ):
+                self._next_expiry_refresh[target.stream] = now + target.expire_ms / 3000
+                due.append(target)
+        if not due:
+            return
+        with self.client.pipeline(transaction=False) as pipe:
+            for target in due:
+                pipe.pexpire(target.stream, target.expire_ms)
+            pipe.execute()
 
     # -- close -------------------------------------------------------------------
 

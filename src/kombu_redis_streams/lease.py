@@ -8,6 +8,10 @@ runs on its own, so a long task that keeps the consuming thread busy, or a
 program that holds messages without calling ``drain_events``, keeps its
 entries. When the process dies the touching stops, and after
 ``visibility_timeout`` the entries go to another consumer.
+
+The same thread refreshes the time to live of the queues a channel consumes
+(``Queue(expires=...)``) three times per expiry, so an idle but active queue
+never expires under its consumer.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from time import monotonic
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -24,6 +29,9 @@ TOUCHES_PER_TIMEOUT = 4
 
 #: Upper bound of the period between two touches, in seconds.
 MAX_TOUCH_PERIOD_S = 60.0
+
+#: Seconds between two wake-ups of the thread; most find nothing due.
+TICK_S = 0.5
 
 
 class LeaseKeeper:
@@ -64,23 +72,30 @@ class LeaseKeeper:
 
     def touch_all(self) -> None:
         """Touch the held entries of every channel once."""
+        self._for_each_channel("renew_held")
+
+    def _for_each_channel(self, method: str, *args: Any) -> None:
         for channel in list(self._channels()):
             try:
-                channel.renew_held()
+                getattr(channel, method)(*args)
             except self._connection_errors as exc:
                 logger.warning(
-                    "Could not renew the held entries of channel %s (%s); retrying "
-                    "in %.1f s.",
+                    "Maintenance of channel %s failed (%s); it is retried in %.1f s.",
                     getattr(channel, "channel_id", "?"),
                     exc,
-                    self.period_s,
+                    TICK_S,
                 )
 
     def _run(self) -> None:
-        while not self._stopped.wait(self.period_s):
+        next_touch = monotonic() + self.period_s
+        tick_s = min(TICK_S, self.period_s)
+        while not self._stopped.wait(tick_s):
             try:
-                self.touch_all()
+                if monotonic() >= next_touch:
+                    next_touch = monotonic() + self.period_s
+                    self.touch_all()
+                self._for_each_channel("refresh_expiry", monotonic())
             except Exception:  # the thread must outlive any single failure
                 logger.exception(
-                    "Renewing held entries failed; retrying in %.1f s.", self.period_s
+                    "Channel maintenance failed; it is retried in %.1f s.", TICK_S
                 )

@@ -194,3 +194,18 @@ def test_keyprefix_isolates_applications(
     names = [key.decode() for key in redis_client.keys("*")]
     assert names
     assert all(name.startswith(("app1:", "app2:")) for name in names)
+
+
+@pytest.mark.parametrize("kind", ["direct", "fanout"])
+def test_empty_cached_route_rechecked(broker_url: str, kind: str) -> None:
+    exchange = Exchange(f"empty-{kind}", kind)
+    queue = Queue(f"empty-{kind}-q", exchange, "k")
+    with Connection(broker_url) as publisher, Connection(broker_url) as consumer:
+        producer = Producer(publisher.channel())
+        exchange(publisher.channel()).declare()
+        # Nothing is bound yet: dropped, and the empty table is cached.
+        producer.publish({"n": 0}, exchange=exchange, routing_key="k")
+        queue(consumer.channel()).declare()
+        producer.publish({"n": 1}, exchange=exchange, routing_key="k")
+        received = bodies(drain(consumer, [queue]))
+    assert received == [{"n": 1}]

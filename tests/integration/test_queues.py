@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
@@ -131,3 +132,17 @@ def test_stream_maxlen_refuses_publish(broker_url: str) -> None:
         assert "stream_maxlen=5" in str(info.value)
         received = drain(connection, [Queue("capped", routing_key="capped")])
     assert [m.payload["n"] for m in received] == [0, 1, 2, 3, 4]
+
+
+def test_idle_consumer_keeps_queue_alive(
+    broker_url: str, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = Queue("idle-alive", routing_key="idle-alive", expires=1.0)
+    with Connection(broker_url) as connection:
+        with caplog.at_level(logging.WARNING):
+            with connection.Consumer([queue], callbacks=[lambda b, m: m.ack()]):
+                for _ in range(6):
+                    with pytest.raises(OSError):
+                        connection.drain_events(timeout=0.5)
+        assert redis_client.exists("{idle-alive}") == 1
+    assert "was missing" not in caplog.text

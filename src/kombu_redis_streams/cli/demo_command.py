@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .celery_demo import CeleryDemoReport, run_celery_demo
 from .common import CommandError, make_console
 from .demo import DemoError, DemoReport, demo_server, run_demo
 
@@ -33,8 +34,21 @@ from .demo import DemoError, DemoReport, demo_server, run_demo
     show_default=True,
     help="Seconds to wait for the next message before the missing ones count as lost.",
 )
+@click.option(
+    "--celery",
+    "with_celery",
+    is_flag=True,
+    help="Run the Celery example instead: a real worker, plain, ETA, chord and "
+    "broadcast tasks, then print sent, executed, duplicated and lost.",
+)
 @click.pass_context
-def demo(ctx: click.Context, url: str | None, messages: int, timeout: float) -> None:
+def demo(
+    ctx: click.Context,
+    url: str | None,
+    messages: int,
+    timeout: float,
+    with_celery: bool,
+) -> None:
     """Publish through direct, topic and fanout exchanges, consume and count.
 
     The demo keeps its keys under a key prefix of its own and deletes them at
@@ -49,11 +63,30 @@ def demo(ctx: click.Context, url: str | None, messages: int, timeout: float) -> 
                     f"Started an embedded valkey-server on 127.0.0.1:{server.port}; "
                     "it is removed when the demo ends."
                 )
+            if with_celery:
+                celery_report = run_celery_demo(broker_url, min(messages, 500), 60.0)
+                print_celery_report(console, celery_report)
+                ctx.exit(0 if celery_report.ok else 1)
             report = run_demo(broker_url, messages, timeout)
     except DemoError as exc:
         raise CommandError(str(exc)) from None
     print_report(console, report)
     ctx.exit(0 if report.ok else 1)
+
+
+def print_celery_report(console: Console, report: CeleryDemoReport) -> None:
+    """Print the counts of a Celery example run and its verdict."""
+    table = Table(title="Celery example on the streams transport")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name, value in report.summary.items():
+        table.add_row(name.replace("_", " "), str(value))
+    console.print(table)
+    if report.ok:
+        console.print("PASS: every task ran exactly once with the right result.")
+    else:
+        console.print("FAIL: a task was lost, ran twice or returned a wrong result.")
+        console.print(report.worker_log[-4000:], markup=False)
 
 
 def print_report(console: Console, report: DemoReport) -> None:
