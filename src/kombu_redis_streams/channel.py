@@ -23,6 +23,7 @@ from .acks import AckBuffer
 from .errors import QueueFullError, StaleRoutingError
 from .fastpath import ScriptRunner
 from .keys import clamp_priority, priority_step
+from .message import Message as StreamsMessage
 from .plan import FANOUT_MODE, Delivery, Entry, ReadTarget, build_plan
 from .qos import QoS as StreamsQoS
 from .reader import BlockingReader
@@ -49,6 +50,7 @@ class Channel(virtual.Channel):
     """A kombu channel whose queues are Redis streams read by consumer groups."""
 
     QoS = StreamsQoS
+    Message = StreamsMessage
     supports_fanout = True
     # Options are validated once by the transport; the virtual channel would
     # copy raw values over them.
@@ -305,6 +307,9 @@ class Channel(virtual.Channel):
             StaleRoutingError: the bindings changed on every attempt.
         """
         self._inplace_augment_message(message, exchange, routing_key)
+        expiration = message["properties"].get("expiration")
+        if expiration is not None:
+            envelope.set_deadline(message, expiration)
         body, meta = envelope.encode(message)
         priority = clamp_priority(message["properties"].get("priority"))
         step = priority_step(priority, self.options.priority_steps)
@@ -644,6 +649,17 @@ class Channel(virtual.Channel):
         except envelope.MalformedEntry as exc:
             self._set_aside(entry, str(exc))
             return None
+        if envelope.is_expired(message):
+            # Per-message TTL: an expired message is dropped when read, the way
+            # AMQP brokers drop it at the head of the queue.
+            logger.debug(
+                "Entry %s of stream %r expired; it is dropped.",
+                entry.entry_id,
+                entry.target.stream,
+            )
+            if not entry.target.no_ack:
+                self._acks.add(entry.target, entry.entry_id)
+            return None
         carried = message["headers"].get(envelope.DELIVERY_COUNT_HEADER, 0)
         carried = carried if isinstance(carried, int) else 0
         total = carried + entry.delivery_count
@@ -695,6 +711,13 @@ class Channel(virtual.Channel):
         delivery = self._deliveries.pop(delivery_tag, None)
         if delivery is None or delivery.target.no_ack:
             return
+        logger.error(
+            "Entry %s of stream %r was moved to %r (%s).",
+            delivery.entry_id,
+            delivery.target.stream,
+            self.keys.dead_letter_stream(delivery.target.queue),
+            reason,
+        )
         self._move_to_dead_letters(
             delivery.target, delivery.entry_id, reason, delivery.deliveries
         )

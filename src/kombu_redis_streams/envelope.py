@@ -8,6 +8,7 @@ and the JSON escaping of binary data.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from kombu.utils.json import dumps, loads
@@ -17,6 +18,9 @@ META_FIELD = b"meta"
 
 #: Header that carries how many times a message was delivered, on redeliveries.
 DELIVERY_COUNT_HEADER = "x-delivery-count"
+
+#: Envelope key with the Unix time after which the message is dropped unread.
+DEADLINE_KEY = "expires_at"
 
 
 class MalformedEntry(ValueError):
@@ -72,3 +76,21 @@ def mark_redelivered(message: dict[str, Any], delivery_count: int) -> None:
     message["headers"]["redelivered"] = True
     message["headers"][DELIVERY_COUNT_HEADER] = delivery_count
     message["properties"]["delivery_info"]["redelivered"] = True
+
+
+def set_deadline(message: dict[str, Any], expiration: Any) -> None:
+    """Record when a message with ``expiration`` (ms, kombu's property) expires.
+
+    The deadline uses the publisher's clock, and a requeued copy keeps it.
+    """
+    try:
+        milliseconds = float(expiration)
+    except (TypeError, ValueError):
+        return  # kombu passes it on unchecked; an invalid one never expires
+    message[DEADLINE_KEY] = time.time() + milliseconds / 1000
+
+
+def is_expired(message: dict[str, Any]) -> bool:
+    """Return True when the message has a deadline and it has passed."""
+    deadline = message.get(DEADLINE_KEY)
+    return isinstance(deadline, (int, float)) and time.time() >= deadline
