@@ -95,6 +95,8 @@ class LeaseKeeper:
                     next_touch = monotonic() + self.period_s
                     self.touch_all()
                 self._for_each_channel("refresh_expiry", monotonic())
+                # Acks of a consumer that stopped reading must not wait long.
+                self._for_each_channel("flush_acks")
             except Exception:  # the thread must outlive any single failure
                 logger.exception(
                     "Channel maintenance failed; it is retried in %.1f s.", TICK_S
