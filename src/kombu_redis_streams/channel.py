@@ -576,7 +576,14 @@ class Channel(virtual.Channel):
         for index, note in zip(notes[::2], notes[1::2]):
             target = plan[int(index) - 1]
             text = _text(note)
-            if text == "created":
+            if text == "created" and target.expire_ms:
+                # A queue with x-expires that expired before it was read.
+                logger.info(
+                    "Consumer group %r of expiring stream %r was created again.",
+                    target.group,
+                    target.stream,
+                )
+            elif text == "created":
                 repaired = True
                 logger.warning(
                     "Consumer group %r of stream %r was missing (a restart without "
@@ -725,11 +732,26 @@ class Channel(virtual.Channel):
     # -- acknowledge and requeue -----------------------------------------------
 
     def settle(self, delivery_tag: Any) -> None:
-        """Acknowledge a delivery; the XACK goes with the next round trip."""
-        delivery = self._deliveries.pop(delivery_tag, None)
+        """Acknowledge a delivery: XACK it and delete its entry.
+
+        The ack reaches Redis before this returns, unless ``batch_acks`` is
+        set: then it goes with the next round trip of the channel.
+        """
+        delivery = self._deliveries.get(delivery_tag)
         if delivery is None or delivery.target.no_ack:
+            self._deliveries.pop(delivery_tag, None)
             return
-        self._acks.add(delivery.target, delivery.entry_id)
+        target = delivery.target
+        if self.options.batch_acks:
+            self._acks.add(target, delivery.entry_id)
+        else:
+            self.runner.run(
+                self.scripts.ack,
+                [target.stream],
+                [target.group, target.kind, delivery.entry_id],
+            )
+        # Forgotten only once sent: after a failure, close gives it back.
+        self._deliveries.pop(delivery_tag, None)
 
     def flush_acks(self) -> None:
         """Send the collected acks now, in one round trip."""
@@ -746,8 +768,18 @@ class Channel(virtual.Channel):
             raise
 
     def requeue_delivered(self, delivery_tag: Any, message: Any) -> None:
-        """Append a delivered message to the tail of its queue, flagged redelivered."""
-        delivery = self._deliveries.pop(delivery_tag, None)
+        """Append a delivered message to the tail of its queue, flagged redelivered.
+
+        A delivery this channel no longer tracks was settled already, or is
+        still pending in Redis, where the reclaim scan finds it: either way
+        nothing is published again here.
+        """
+        delivery = self._deliveries.get(delivery_tag)
+        if delivery is None:
+            logger.debug(
+                "Delivery %r was already settled; nothing to requeue.", delivery_tag
+            )
+            return
         raw = dict(message._raw)
         raw["headers"] = dict(raw.get("headers") or {})
         raw["properties"] = dict(raw["properties"])
@@ -756,17 +788,10 @@ class Channel(virtual.Channel):
         envelope.mark_redelivered(
             raw, count_so_far if isinstance(count_so_far, int) else 1
         )
-        if delivery is None:
-            queue = raw["properties"]["delivery_info"].get("routing_key")
-            logger.warning(
-                "Delivery %r is unknown to this channel; the message is published "
-                "again to queue %r.",
-                delivery_tag,
-                queue,
-            )
-            self._put(queue, raw)
-            return
         self._append_and_settle(delivery.target, delivery.entry_id, raw)
+        # Forgotten only once the script ran: after a connection failure the
+        # delivery stays known, so close tries again or it stays pending.
+        self._deliveries.pop(delivery_tag, None)
 
     def _append_and_settle(
         self, target: ReadTarget, entry_id: str, raw: dict[str, Any]
@@ -774,9 +799,12 @@ class Channel(virtual.Channel):
         body, meta = envelope.encode(raw)
         priority = clamp_priority(raw["properties"].get("priority"))
         step = priority_step(priority, self.options.priority_steps)
-        self.scripts.requeue(
-            keys=[target.stream, self.keys.queue_stream(target.queue, step)],
-            args=[
+        # The channel's own connection does not retry: a retry after a lost
+        # reply would append a second copy.
+        self.runner.run(
+            self.scripts.requeue,
+            [target.stream, self.keys.queue_stream(target.queue, step)],
+            [
                 target.group,
                 target.kind,
                 entry_id,
@@ -784,7 +812,6 @@ class Channel(virtual.Channel):
                 meta,
                 self.connection.routing.expire_ms(target.queue),
             ],
-            client=self.client,
         )
 
     def _return_buffered(self, predicate: Any = None) -> None:

@@ -58,7 +58,9 @@ def decode(fields: list[bytes] | None) -> dict[str, Any]:
         raise MalformedEntry(f"the entry has no {name!r} field") from None
     try:
         meta = loads(raw_meta)
-    except ValueError as exc:
+    except (ValueError, TypeError, AttributeError) as exc:
+        # kombu's JSON hooks raise TypeError or AttributeError on a malformed
+        # typed value such as {"__type__": "uuid", "__value__": 5}.
         raise MalformedEntry(f"the meta field is not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("properties"), dict):
         raise MalformedEntry("the meta field is not a JSON object with properties")

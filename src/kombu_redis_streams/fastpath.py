@@ -9,6 +9,7 @@ these calls and write several of them in one packet.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError, ResponseError
 
+_hiredis_pack: Any
 try:
     from hiredis import pack_command as _hiredis_pack
 except ImportError:  # pragma: no cover - hiredis is a dependency
@@ -31,6 +33,9 @@ class ScriptRunner:
         self._pool = pool
         self._client = client
         self._connection: Any = None
+        # kombu channels belong to one thread, but a reject from another
+        # thread must not interleave its bytes with a fetch on this socket.
+        self._lock = threading.Lock()
 
     def run(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """Run one script and return its reply.
@@ -68,6 +73,10 @@ class ScriptRunner:
         return replies
 
     def _send_and_read(self, calls: Sequence[Call]) -> list[Any]:
+        with self._lock:
+            return self._send_and_read_locked(calls)
+
+    def _send_and_read_locked(self, calls: Sequence[Call]) -> list[Any]:
         connection = self._connect()
         commands = [
             ("EVALSHA", script.sha, len(keys), *keys, *args)

@@ -1,7 +1,9 @@
 """Transport options: their defaults, their meaning here and their validation.
 
 Every option that kombu's redis transport accepts is accepted here with the
-same default. The ones that only make sense for lists (the ``unacked_*`` hash
+same default, except ``visibility_timeout`` (300 s instead of 3600 s, because
+live consumers renew their entries) and ``body_encoding`` (None: the body is
+stored as bytes). The ones that only make sense for lists (the ``unacked_*`` hash
 and lock, PUB/SUB prefixes) are accepted and ignored, as listed in
 ``IGNORED_OPTIONS``. Unknown keys are ignored, as kombu does, because Celery
 passes its own keys through ``broker_transport_options``.
@@ -9,6 +11,7 @@ passes its own keys through ``broker_transport_options``.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -38,15 +41,23 @@ class _Invalid(ValueError):
     """Raised by a validator; the caller adds the option name and value."""
 
 
+def _is_finite_number(value: Any) -> bool:
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, numbers.Real)
+        and math.isfinite(value)
+    )
+
+
 def _positive_number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value <= 0:
-        raise _Invalid("a number of seconds greater than 0")
+    if not _is_finite_number(value) or value <= 0:
+        raise _Invalid("a finite number of seconds greater than 0")
     return float(value)
 
 
 def _non_negative_number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < 0:
-        raise _Invalid("a number of seconds, 0 or more")
+    if not _is_finite_number(value) or value < 0:
+        raise _Invalid("a finite number of seconds, 0 or more")
     return float(value)
 
 
@@ -169,6 +180,9 @@ class TransportOptions:
     #: Send messages rejected with requeue=False to the dead-letter stream
     #: instead of dropping them.
     dead_letter_rejected: bool = False
+    #: Send acks with the channel's next round trip instead of before ack()
+    #: returns. Faster; a crash in between delivers those messages again.
+    batch_acks: bool = False
     #: Codec applied to the body; None stores the body bytes as they are.
     body_encoding: str | None = None
     #: Queue that receives messages no binding matched.
@@ -226,6 +240,7 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "stream_maxlen": _optional_positive_int,
     "max_deliveries": _optional_positive_int,
     "dead_letter_rejected": _bool,
+    "batch_acks": _bool,
     "body_encoding": _optional_string,
     "deadletter_queue": _optional_string,
     "socket_timeout": _optional_positive_number,

@@ -10,6 +10,7 @@ again. An idle channel therefore costs one blocking read per block period.
 from __future__ import annotations
 
 import logging
+import os
 import select
 import socket
 import threading
@@ -74,6 +75,7 @@ class Transport(virtual.Transport):
         self._loop: Any = None
         self._timers: list[Any] = []
         self._reader_fds: dict[StreamsChannel, int] = {}
+        self._wake_pipe: tuple[int, int] | None = None
         self.leases = LeaseKeeper(
             lambda: list(self.channels),
             self.options.visibility_timeout,
@@ -251,8 +253,13 @@ class Transport(virtual.Transport):
         """Consume through kombu's hub: sockets polled, no thread, no busy loop."""
         for timer in self._timers:
             timer.cancel()
+        self._close_wake_pipe()
         self._loop = loop
         self._reader_fds.clear()
+        self._wake_pipe = os.pipe()
+        for fd in self._wake_pipe:
+            os.set_blocking(fd, False)
+        loop.add_reader(self._wake_pipe[0], self._on_wake)
         loop.on_tick.add(self._on_tick)
         self._timers = [
             loop.call_repeatedly(
@@ -261,6 +268,7 @@ class Transport(virtual.Transport):
         ]
 
     def _on_tick(self) -> None:
+        delivered = False
         for channel in self._consuming():
             reader = channel.reader
             if reader.in_flight:
@@ -268,26 +276,69 @@ class Transport(virtual.Transport):
                     reader.check_alive(self._health_slack_s())
                 except redis.ConnectionError as exc:
                     self._reader_failed(channel, exc)
+                else:
+                    # A read sent outside the hub (by drain_events, as Celery's
+                    # mingle does) must be polled here too.
+                    self._watch_reader(channel)
+
+            # One message per channel and tick, as kombu's redis transport
+            # delivers one per readable event: timers and other sockets get
+            # their turn between two tasks of a solo worker.
+            if channel.buffered():
+                delivered |= bool(channel.deliver_buffered(limit=1))
                 continue
-            channel.deliver_buffered()
             if channel.credit() <= 0:
-                continue  # an ack frees credit; the next tick reads again
+                continue  # an ack frees credit; the tick after it reads again
             if channel.needs_fetch or channel.last_ids() is None:
-                channel.fetch()
-                channel.deliver_buffered()
-                if channel.credit() <= 0:
+                if channel.fetch():
+                    delivered |= bool(channel.deliver_buffered(limit=1))
                     continue
-            # One blocking read per batch: it returns at once when entries are
-            # left, so the hub wakes for the next batch instead of sleeping.
+            if reader.in_flight:
+                continue
             try:
-                fd = self._ensure_read_sent(channel)
+                self._ensure_read_sent(channel)
             except redis.ConnectionError as exc:
                 self._reader_failed(channel, exc)
                 continue
-            if fd is not None and self._reader_fds.get(channel) != fd:
-                self.forget_reader(channel)
-                self._loop.add_reader(fd, self._on_readable, channel)
-                self._reader_fds[channel] = fd
+            self._watch_reader(channel)
+
+        if delivered:
+            # The poll of this loop iteration must not sleep: more messages
+            # may be buffered, and acks queued with call_soon free credit only
+            # when the next iteration runs them.
+            self._wake()
+
+    def _watch_reader(self, channel: StreamsChannel) -> None:
+        fd = channel.reader.fileno()
+        if fd is not None and self._reader_fds.get(channel) != fd:
+            self.forget_reader(channel)
+            self._loop.add_reader(fd, self._on_readable, channel)
+            self._reader_fds[channel] = fd
+
+    def _wake(self) -> None:
+        if self._wake_pipe is None:
+            return
+        try:
+            os.write(self._wake_pipe[1], b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full: a wake-up is pending anyway
+
+    def _on_wake(self) -> None:
+        if self._wake_pipe is None:
+            return
+        try:
+            os.read(self._wake_pipe[0], 4096)
+        except BlockingIOError:
+            pass
+
+    def _close_wake_pipe(self) -> None:
+        pipe, self._wake_pipe = self._wake_pipe, None
+        if pipe is None:
+            return
+        if self._loop is not None:
+            self._loop.remove(pipe[0])
+        for fd in pipe:
+            os.close(fd)
 
     def _on_readable(self, channel: StreamsChannel) -> None:
         reader = channel.reader
@@ -305,7 +356,7 @@ class Transport(virtual.Transport):
         for channel in self._consuming():
             try:
                 if channel.reclaim():
-                    channel.deliver_buffered()
+                    self._wake()  # the next ticks deliver what was taken over
             except self.connection_errors as exc:
                 logger.warning(
                     "The reclaim scan failed (%s); it runs again in %.0f s.",
@@ -322,6 +373,7 @@ class Transport(virtual.Transport):
     def close_connection(self, connection: Any) -> None:
         """Close every channel, then the connections of the pool."""
         self.leases.stop()
+        self._close_wake_pipe()
         for timer in self._timers:
             timer.cancel()
         self._timers = []

@@ -186,8 +186,22 @@ def test_cancel_returns_buffered_entries(broker_url: str) -> None:
     assert not any(m.delivery_info.get("redelivered") for m in rest)
 
 
-def test_acks_ride_with_next_read(broker_url: str, redis_client: redis.Redis) -> None:
+def test_ack_reaches_redis_before_return(
+    broker_url: str, redis_client: redis.Redis
+) -> None:
     with Connection(broker_url) as connection:
+        publish(connection, 2)
+        simple = connection.SimpleQueue(QUEUE)
+        message = simple.get(timeout=1)
+        assert redis_client.xlen("{acks}") == 2
+        message.ack()
+        # No other call in between: the ack alone removed the entry.
+        assert redis_client.xlen("{acks}") == 1
+        simple.close()
+
+
+def test_acks_ride_with_next_read(broker_url: str, redis_client: redis.Redis) -> None:
+    with Connection(broker_url, transport_options={"batch_acks": True}) as connection:
         publish(connection, 300)
         before = redis_client.info("commandstats").get("cmdstat_evalsha", {"calls": 0})
         received = drain(connection, [QUEUE], prefetch=100)
@@ -199,7 +213,7 @@ def test_acks_ride_with_next_read(broker_url: str, redis_client: redis.Redis) ->
 
 
 def test_unsent_acks_redeliver_after_crash(broker_url: str) -> None:
-    with Connection(broker_url) as connection:
+    with Connection(broker_url, transport_options={"batch_acks": True}) as connection:
         publish(connection, 3)
         simple = connection.SimpleQueue(QUEUE)
         for _ in range(3):

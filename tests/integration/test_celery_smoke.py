@@ -50,7 +50,11 @@ def celery_app_dir(
     sys.modules.pop("smoke_app", None)
 
 
-def start_worker(app_dir: Path, pool: str) -> subprocess.Popen[str]:
+def start_worker(
+    app_dir: Path,
+    pool: str,
+    extra: tuple[str, ...] = ("--without-mingle", "--without-gossip"),
+) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(app_dir))
     return subprocess.Popen(
         [
@@ -63,8 +67,7 @@ def start_worker(app_dir: Path, pool: str) -> subprocess.Popen[str]:
             f"--pool={pool}",
             "--concurrency=2",
             "--loglevel=INFO",
-            "--without-mingle",
-            "--without-gossip",
+            *extra,
         ],
         cwd=app_dir,
         env=env,
@@ -93,4 +96,24 @@ def test_worker_runs_tasks(celery_app_dir: Path, pool: str) -> None:
     assert "redis-streams://" in output
     assert output.count("succeeded in") == 20
     assert worker.returncode == 0, output
+    smoke_app.app.close()
+
+
+def test_worker_with_mingle_and_gossip(celery_app_dir: Path) -> None:
+    import smoke_app
+
+    # Mingle drains events before the event loop starts; the read it leaves
+    # in flight must be polled by the hub, or the worker stalls for 25 s.
+    worker = start_worker(celery_app_dir, "prefork", extra=())
+    try:
+        value = smoke_app.add.delay(20, 22).get(timeout=15)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            output, _ = worker.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            output, _ = worker.communicate()
+    assert value == 42, output
+    assert "mingle: all alone" in output
     smoke_app.app.close()

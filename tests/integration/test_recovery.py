@@ -173,3 +173,22 @@ def test_wrong_key_type_on_publish(
     assert "'{clash}'" in str(info.value)
     assert "global_keyprefix" in str(info.value)
     assert redis_client.get("{clash}") == b"a string"
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        b'{"properties": {"__type__": "uuid", "__value__": 5}}',
+        b'{"properties": {}, "headers": {"__type__": "bytes", "__value__": 5}}',
+    ],
+)
+def test_bad_typed_json_set_aside(
+    broker_url: str, redis_client: redis.Redis, meta: bytes
+) -> None:
+    with Connection(broker_url) as connection:
+        publish(connection, 1)
+        redis_client.xadd("{recover}", {"body": b"x", "meta": meta})
+        publish(connection, 1)
+        received = drain(connection, [QUEUE])
+    assert [m.payload["n"] for m in received] == [0, 0]
+    assert redis_client.xlen("{recover}:dead") == 1

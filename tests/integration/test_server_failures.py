@@ -172,3 +172,42 @@ def test_script_flush_mid_consume(broker_url: str, redis_client: redis.Redis) ->
                 connection.drain_events(timeout=0.5)
     assert sorted(received) == list(range(30))
     assert redis_client.xlen("{outage}") == 0
+
+
+def test_failed_requeue_not_repeated(
+    server: EmbeddedServer, broker_url: str, redis_client: redis.Redis
+) -> None:
+    exchange = Exchange("rq-ex", "direct")
+    queue = Queue("rq-queue", exchange, "rq.key")
+    proxy = DroppingProxy(server.port)
+    proxied = f"redis-streams://127.0.0.1:{proxy.port}/0"
+    options = {"socket_timeout": 1, "health_check_interval": 1}
+    try:
+        with Connection(broker_url) as setup:
+            Producer(setup.channel()).publish(
+                {"n": 1}, exchange=exchange, routing_key="rq.key", declare=[queue]
+            )
+        connection = Connection(proxied, transport_options=options)
+        simple = connection.SimpleQueue(queue)
+        message = simple.get(timeout=2)
+        proxy.drop()
+        with pytest.raises(Transport.connection_errors):
+            message.requeue()
+        proxy.restore()
+        # Closing gives the message back once, on a new connection.
+        connection.close()
+        with Connection(broker_url) as check:
+            again = [m.payload["n"] for m in drain_all(check, queue)]
+    finally:
+        proxy.close()
+    assert again == [1]
+    assert redis_client.exists("{rq.key}") == 0
+
+
+def drain_all(connection: Connection, queue: Queue) -> list:
+    received: list = []
+    with Consumer(
+        connection, [queue], callbacks=[lambda b, m: (received.append(m), m.ack())]
+    ):
+        consume_until(connection, received, 2, 2)
+    return received

@@ -66,6 +66,11 @@ def test_valid_values_are_kept() -> None:
         ("global_keyprefix", 5, "a string"),
         ("consumer_group_prefix", "", "non-empty"),
         ("polling_interval", 0, "greater than 0"),
+        ("visibility_timeout", float("nan"), "finite"),
+        ("visibility_timeout", float("inf"), "finite"),
+        ("health_check_interval", float("inf"), "finite"),
+        ("batch_acks", "yes", "True or False"),
+        ("max_deliveries", 0, "greater than 0"),
     ],
 )
 def test_invalid_value_names_option(name: str, value: object, allowed: str) -> None:
