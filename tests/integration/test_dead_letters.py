@@ -17,7 +17,9 @@ def publish(connection: Connection, payload: object) -> None:
     )
 
 
-def test_max_deliveries_moves_to_dead(broker_url: str, redis_client: redis.Redis) -> None:
+def test_max_deliveries_moves_to_dead(
+    broker_url: str, redis_client: redis.Redis
+) -> None:
     options = {"max_deliveries": 3}
     with Connection(broker_url, transport_options=options) as connection:
         publish(connection, {"n": 1})
@@ -41,7 +43,9 @@ def test_max_deliveries_moves_to_dead(broker_url: str, redis_client: redis.Redis
     assert redis_client.xlen("{poison}") == 0
 
 
-def test_without_limit_nothing_dropped(broker_url: str, redis_client: redis.Redis) -> None:
+def test_without_limit_nothing_dropped(
+    broker_url: str, redis_client: redis.Redis
+) -> None:
     with Connection(broker_url) as connection:
         publish(connection, {"n": 1})
         simple = connection.SimpleQueue(QUEUE)
@@ -54,7 +58,9 @@ def test_without_limit_nothing_dropped(broker_url: str, redis_client: redis.Redi
     assert redis_client.exists("{poison}:dead") == 0
 
 
-def test_reject_goes_to_dead_letters(broker_url: str, redis_client: redis.Redis) -> None:
+def test_reject_goes_to_dead_letters(
+    broker_url: str, redis_client: redis.Redis
+) -> None:
     options = {"dead_letter_rejected": True}
     with Connection(broker_url, transport_options=options) as connection:
         publish(connection, {"n": 2})
