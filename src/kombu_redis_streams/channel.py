@@ -385,22 +385,14 @@ class Channel(virtual.Channel):
         return None
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
-        # Used by kombu's exchange types only; basic_publish routes itself.
+        # kombu's virtual layer declares this hook; basic_publish routes and
+        # appends itself, with the routing version check.
         body, meta = envelope.encode(message)
         priority = clamp_priority(message["properties"].get("priority"))
         stream = self.keys.queue_stream(
             queue, priority_step(priority, self.options.priority_steps)
         )
         self.client.xadd(stream, {envelope.BODY_FIELD: body, envelope.META_FIELD: meta})
-
-    def _put_fanout(
-        self, exchange: str, message: dict[str, Any], routing_key: str, **kwargs: Any
-    ) -> None:
-        body, meta = envelope.encode(message)
-        self.client.xadd(
-            self.keys.fanout_stream(exchange),
-            {envelope.BODY_FIELD: body, envelope.META_FIELD: meta},
-        )
 
     # -- consume ---------------------------------------------------------------
 
