@@ -11,7 +11,6 @@ from itertools import count
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
-from kombu.exceptions import ChannelError
 from kombu.transport import virtual
 from kombu.transport.base import to_rabbitmq_queue_arguments
 from kombu.transport.virtual.exchange import FanoutExchange
@@ -20,13 +19,15 @@ from redis import exceptions as redis_errors
 
 from . import envelope
 from .acks import AckBuffer
-from .errors import QueueFullError, StaleRoutingError
 from .fastpath import ScriptRunner
-from .keys import clamp_priority, priority_step
 from .message import Message as StreamsMessage
-from .plan import FANOUT_MODE, Delivery, Entry, ReadTarget, build_plan
+from .plan import Delivery, Entry, ReadTarget, build_plan
+from .publishing import PublishMixin
 from .qos import QoS as StreamsQoS
 from .reader import BlockingReader
+from .recovery import RecoveryMixin
+from .routing import as_text
+from .settlement import SettlementMixin
 
 if TYPE_CHECKING:
     from .transport import Transport
@@ -36,17 +37,11 @@ logger = logging.getLogger(__name__)
 #: Entries taken per read when no prefetch limit is set.
 UNLIMITED_READ_COUNT = 100
 
-#: How many times a publish reloads the routing tables when they keep changing.
-PUBLISH_ATTEMPTS = 5
-
-#: Seconds between two sweeps of one fanout stream for groups of gone queues.
-FANOUT_SWEEP_INTERVAL_S = 60.0
-
 #: Seconds between two log lines about the same broken key.
 BROKEN_KEY_LOG_INTERVAL_S = 60.0
 
 
-class Channel(virtual.Channel):
+class Channel(PublishMixin, SettlementMixin, RecoveryMixin, virtual.Channel):
     """A kombu channel whose queues are Redis streams read by consumer groups."""
 
     QoS = StreamsQoS
@@ -78,6 +73,7 @@ class Channel(virtual.Channel):
         self._own_recovered: set[str] = set()
         self._next_fanout_sweep: dict[str, float] = {}
         self._next_expiry_refresh: dict[str, float] = {}
+        self._next_expired_sweep = 0.0
         self.reader = BlockingReader(connection.pool, self.options.block_timeout_s)
         self.runner = ScriptRunner(connection.pool, self.client)
         self.auto_delete_queues: set[str] = set()
@@ -217,8 +213,8 @@ class Channel(virtual.Channel):
 
     def _store_expiry(self, queue: str, expire_ms: int) -> None:
         # Stored in Redis so that every publisher refreshes the expiry.
-        # NOTE: a queue that expires keeps its field here and its bindings
-        # until queue_delete runs; nothing sweeps them yet.
+        # A queue that expires leaves its field and bindings behind until a
+        # consumer's reclaim scan sweeps them (sweep_expired_queues).
         with self.client.pipeline(transaction=True) as pipe:
             if expire_ms:
                 pipe.hset(self.keys.queue_expires, queue, expire_ms)
@@ -294,105 +290,6 @@ class Channel(virtual.Channel):
 
     def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
         self.queue_delete(queue)
-
-    # -- publish ---------------------------------------------------------------
-
-    def basic_publish(
-        self, message: dict[str, Any], exchange: str, routing_key: str, **kwargs: Any
-    ) -> None:
-        """Append the message to the stream of every queue it routes to.
-
-        Raises:
-            QueueFullError: ``stream_maxlen`` is set and a target is full.
-            StaleRoutingError: the bindings changed on every attempt.
-        """
-        self._inplace_augment_message(message, exchange, routing_key)
-        expiration = message["properties"].get("expiration")
-        if expiration is not None:
-            envelope.set_deadline(message, expiration)
-        body, meta = envelope.encode(message)
-        priority = clamp_priority(message["properties"].get("priority"))
-        step = priority_step(priority, self.options.priority_steps)
-
-        for _ in range(PUBLISH_ATTEMPTS):
-            version, streams = self._route(exchange, routing_key, step)
-            if not streams and not version:
-                return  # the default exchange with no queue name
-            # With no target the script still checks the version, so a cached
-            # empty route is never trusted: a queue bound since is found.
-            keys = [self.keys.routing_version, *(stream for stream, _ in streams)]
-            args = [version, body, meta, self.options.stream_maxlen or 0]
-            args.extend(expire_ms for _, expire_ms in streams)
-            try:
-                reply = self.runner.run(self.scripts.publish, keys, args)
-            except redis_errors.ResponseError as exc:
-                if "WRONGTYPE" not in str(exc):
-                    raise
-                names = ", ".join(repr(stream) for stream, _ in streams)
-                raise ChannelError(
-                    f"Cannot publish to {names}: a key is not a stream ({exc}). "
-                    "Delete or rename the key, or set global_keyprefix to keep "
-                    "this transport's keys apart."
-                ) from exc
-            status = _text(reply[0])
-            if status == "ok":
-                return
-            if status == "full":
-                stream = streams[int(reply[1]) - 1][0]
-                raise QueueFullError(
-                    f"Stream {stream!r} already holds stream_maxlen="
-                    f"{self.options.stream_maxlen} entries, so the message was not "
-                    "published. Consume the backlog or raise stream_maxlen."
-                )
-            self.connection.routing.invalidate()
-        raise StaleRoutingError(
-            f"The bindings of exchange {exchange!r} changed {PUBLISH_ATTEMPTS} times "
-            "while a message was being published; it was not published. Retry it."
-        )
-
-    def _route(
-        self, exchange: str, routing_key: str, step: int
-    ) -> tuple[str, list[tuple[str, int]]]:
-        if not exchange:
-            queue = routing_key or self.deadletter_queue
-            if not queue:
-                return "", []
-            return "", [
-                (
-                    self.keys.queue_stream(queue, step),
-                    self.connection.routing.expire_ms(queue),
-                )
-            ]
-
-        version, table, _ = self.connection.routing.lookup(exchange)
-        if isinstance(self.typeof(exchange), FanoutExchange) and table:
-            # Publishers sweep too, so groups of dead receivers cannot hold
-            # entries back while no receiver is alive to sweep them.
-            self.sweep_fanout(self.keys.fanout_stream(exchange))
-            return version, [(self.keys.fanout_stream(exchange), 0)]
-        queues = self._lookup(exchange, routing_key)
-        streams = [
-            (
-                self.keys.queue_stream(queue, step),
-                self.connection.routing.expire_ms(queue),
-            )
-            for queue in dict.fromkeys(queues)
-        ]
-        return version, streams
-
-    def _next_delivery_tag(self) -> None:
-        # kombu makes a uuid per publish; each read makes its own tag here.
-        return None
-
-    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
-        # kombu's virtual layer declares this hook; basic_publish routes and
-        # appends itself, with the routing version check.
-        body, meta = envelope.encode(message)
-        priority = clamp_priority(message["properties"].get("priority"))
-        stream = self.keys.queue_stream(
-            queue, priority_step(priority, self.options.priority_steps)
-        )
-        self.client.xadd(stream, {envelope.BODY_FIELD: body, envelope.META_FIELD: meta})
 
     # -- consume ---------------------------------------------------------------
 
@@ -532,35 +429,6 @@ class Channel(virtual.Channel):
         }
         return entries, last_ids
 
-    def _recover_own(self, plan: list[ReadTarget], credit: int) -> int:
-        """Take back what this consumer name left pending before a restart."""
-        taken = 0
-        for target in plan:
-            if target.no_ack or target.stream in self._own_recovered:
-                continue
-            reply = self.scripts.recover_own(
-                keys=[target.stream],
-                args=[target.group, self.consumer_name, credit - taken],
-                client=self.client,
-            )
-            for entry_id, fields, deliveries in zip(
-                reply[::3], reply[1::3], reply[2::3]
-            ):
-                entry = Entry(target, _text(entry_id), fields, int(deliveries))
-                self._buffer.append(entry)
-            taken += len(reply) // 3
-            if taken >= credit:
-                break
-            self._own_recovered.add(target.stream)
-        if taken:
-            logger.warning(
-                "Consumer %r took back %d entries it had pending before a restart; "
-                "they are delivered again.",
-                self.consumer_name,
-                taken,
-            )
-        return taken
-
     def _handle_notes(self, plan: list[ReadTarget], notes: list[Any]) -> set[str]:
         """Log what the fetch script noted; return the streams it could not read."""
         repaired = False
@@ -677,307 +545,6 @@ class Channel(virtual.Channel):
         self._deliveries[tag] = Delivery(entry.target, entry.entry_id, total)
         return message
 
-    def _set_aside(self, entry: Entry, reason: str, deliveries: int = 0) -> None:
-        target = entry.target
-        dead = self.keys.dead_letter_stream(target.queue)
-        logger.error(
-            "Entry %s of stream %r was moved to %r (%s); consumption goes on.",
-            entry.entry_id,
-            target.stream,
-            dead,
-            reason,
-        )
-        self._move_to_dead_letters(target, entry.entry_id, reason, deliveries)
-
-    def _move_to_dead_letters(
-        self, target: ReadTarget, entry_id: str, reason: str, deliveries: int
-    ) -> None:
-        self.scripts.dead_letter(
-            keys=[target.stream, self.keys.dead_letter_stream(target.queue)],
-            args=[
-                target.group,
-                target.kind,
-                entry_id,
-                reason,
-                target.queue,
-                deliveries,
-            ],
-            client=self.client,
-        )
-
-    def dead_letter_delivered(self, delivery_tag: Any, reason: str) -> None:
-        """Move a delivered message to its queue's dead-letter stream."""
-        delivery = self._deliveries.pop(delivery_tag, None)
-        if delivery is None or delivery.target.no_ack:
-            return
-        logger.error(
-            "Entry %s of stream %r was moved to %r (%s).",
-            delivery.entry_id,
-            delivery.target.stream,
-            self.keys.dead_letter_stream(delivery.target.queue),
-            reason,
-        )
-        self._move_to_dead_letters(
-            delivery.target, delivery.entry_id, reason, delivery.deliveries
-        )
-
-    # -- acknowledge and requeue -----------------------------------------------
-
-    def settle(self, delivery_tag: Any) -> None:
-        """Acknowledge a delivery: XACK it and delete its entry.
-
-        The ack reaches Redis before this returns, unless ``batch_acks`` is
-        set: then it goes with the next round trip of the channel.
-        """
-        delivery = self._deliveries.get(delivery_tag)
-        if delivery is None or delivery.target.no_ack:
-            self._deliveries.pop(delivery_tag, None)
-            return
-        target = delivery.target
-        if self.options.batch_acks:
-            self._acks.add(target, delivery.entry_id)
-        else:
-            self.runner.run(
-                self.scripts.ack,
-                [target.stream],
-                [target.group, target.kind, delivery.entry_id],
-            )
-        # Forgotten only once sent: after a failure, close gives it back.
-        self._deliveries.pop(delivery_tag, None)
-
-    def flush_acks(self) -> None:
-        """Send the collected acks now, in one round trip."""
-        pending = self._acks.take()
-        if not pending:
-            return
-        try:
-            with self.client.pipeline(transaction=False) as pipe:
-                for script, keys, args in self._acks.calls(self.scripts.ack, pending):
-                    script(keys=keys, args=args, client=pipe)
-                pipe.execute()
-        except BaseException:
-            self._acks.give_back(pending)
-            raise
-
-    def requeue_delivered(self, delivery_tag: Any, message: Any) -> None:
-        """Append a delivered message to the tail of its queue, flagged redelivered.
-
-        A delivery this channel no longer tracks was settled already, or is
-        still pending in Redis, where the reclaim scan finds it: either way
-        nothing is published again here.
-        """
-        delivery = self._deliveries.get(delivery_tag)
-        if delivery is None:
-            logger.debug(
-                "Delivery %r was already settled; nothing to requeue.", delivery_tag
-            )
-            return
-        raw = dict(message._raw)
-        raw["headers"] = dict(raw.get("headers") or {})
-        raw["properties"] = dict(raw["properties"])
-        raw["properties"]["delivery_info"] = dict(raw["properties"]["delivery_info"])
-        count_so_far = raw["headers"].get(envelope.DELIVERY_COUNT_HEADER, 1)
-        envelope.mark_redelivered(
-            raw, count_so_far if isinstance(count_so_far, int) else 1
-        )
-        self._append_and_settle(delivery.target, delivery.entry_id, raw)
-        # Forgotten only once the script ran: after a connection failure the
-        # delivery stays known, so close tries again or it stays pending.
-        self._deliveries.pop(delivery_tag, None)
-
-    def _append_and_settle(
-        self, target: ReadTarget, entry_id: str, raw: dict[str, Any]
-    ) -> None:
-        body, meta = envelope.encode(raw)
-        priority = clamp_priority(raw["properties"].get("priority"))
-        step = priority_step(priority, self.options.priority_steps)
-        # The channel's own connection does not retry: a retry after a lost
-        # reply would append a second copy.
-        self.runner.run(
-            self.scripts.requeue,
-            [target.stream, self.keys.queue_stream(target.queue, step)],
-            [
-                target.group,
-                target.kind,
-                entry_id,
-                body,
-                meta,
-                self.connection.routing.expire_ms(target.queue),
-            ],
-        )
-
-    def _return_buffered(self, predicate: Any = None) -> None:
-        """Give entries read but not delivered back to their queues, unchanged."""
-        keep: deque[Entry] = deque()
-        while self._buffer:
-            entry = self._buffer.popleft()
-            if predicate is not None and not predicate(entry):
-                keep.append(entry)
-                continue
-            try:
-                raw = envelope.decode(entry.fields)
-            except envelope.MalformedEntry as exc:
-                self._set_aside(entry, str(exc))
-                continue
-            self._append_and_settle(entry.target, entry.entry_id, raw)
-        self._buffer = keep
-
-    # -- recovery ----------------------------------------------------------------
-
-    def reclaim_due(self) -> bool:
-        """Return True when the reclaim scan interval has passed."""
-        return monotonic() >= self._next_reclaim
-
-    def reclaim(self) -> int:
-        """Take over entries idle for ``visibility_timeout`` in other consumers.
-
-        The lease keeper touches the entries this channel holds, so a live
-        channel's entries are never idle long enough to be taken; entries it
-        still holds are skipped here as a second guard.
-
-        Returns:
-            The number of entries taken over and buffered for delivery.
-        """
-        self._next_reclaim = monotonic() + self.options.unacked_restore_interval
-        min_idle_ms = int(self.options.visibility_timeout * 1000)
-        held = {delivery.entry_id for delivery in self._deliveries.values()}
-        taken = 0
-        for target in self.plan():
-            if target.no_ack:
-                continue
-            credit = self.credit()
-            if credit <= 0:
-                break
-            start = self._reclaim_cursors.get(target.stream, "0-0")
-            try:
-                reply = self.scripts.reclaim(
-                    keys=[target.stream],
-                    args=[target.group, self.consumer_name, min_idle_ms, start, credit],
-                    client=self.client,
-                )
-            except redis_errors.ResponseError as exc:
-                self._log_broken_key(target.stream, str(exc))
-                continue
-            next_start, claimed = reply
-            self._reclaim_cursors[target.stream] = _text(next_start)
-            for entry_id, fields, deliveries in zip(
-                claimed[::3], claimed[1::3], claimed[2::3]
-            ):
-                entry_id = _text(entry_id)
-                if entry_id in held:
-                    continue
-                logger.warning(
-                    "Entry %s of stream %r was idle for over %.0f s in another "
-                    "consumer; it is taken over and delivered again (delivery %d).",
-                    entry_id,
-                    target.stream,
-                    self.options.visibility_timeout,
-                    deliveries,
-                )
-                self._buffer.append(Entry(target, entry_id, fields, int(deliveries)))
-                taken += 1
-        self._prune_consumers()
-        # A blocking read cannot tell that its streams vanished (FLUSHALL, a
-        # restart without persistence): the next fetch checks and repairs.
-        self.needs_fetch = True
-        return taken
-
-    def _prune_consumers(self) -> None:
-        """Remove consumers that left their groups without closing.
-
-        Only consumers with no pending entry and idle for longer than
-        ``visibility_timeout`` go, so no entry becomes unclaimable. Groups on
-        fanout streams whose queue no longer exists (it expired, or a client
-        died before deleting its auto-delete queue) are removed too.
-        """
-        idle_ms = int(self.options.visibility_timeout * 1000)
-        for target in self.plan():
-            self.scripts.prune(
-                keys=[target.stream],
-                args=[target.group, idle_ms, self.consumer_name],
-                client=self.client,
-            )
-            if target.kind == FANOUT_MODE:
-                self.sweep_fanout(target.stream)
-
-    def sweep_fanout(self, stream: str) -> None:
-        """Destroy groups of queues that are gone, at most once a minute."""
-        now = monotonic()
-        if now < self._next_fanout_sweep.get(stream, 0.0):
-            return
-        self._next_fanout_sweep[stream] = now + FANOUT_SWEEP_INTERVAL_S
-        try:
-            groups = self.client.xinfo_groups(stream)
-        except redis_errors.ResponseError:
-            return  # no stream: nothing to sweep
-        idle_ms = self.options.visibility_timeout * 1000
-        for group in groups:
-            name = _text(group["name"])
-            queue = self.keys.queue_of_group(name)
-            if queue is None or self._has_queue(queue):
-                continue
-            consumers = self.client.xinfo_consumers(stream, name)
-            if any(consumer["idle"] < idle_ms for consumer in consumers):
-                continue
-            exchange = self.keys.exchange_of_fanout_stream(stream)
-            logger.warning(
-                "Queue %r no longer exists, so its group %r on fanout stream %r is "
-                "destroyed and its binding removed.",
-                queue,
-                name,
-                stream,
-            )
-            members = [
-                self.connection.routing.member(rk, pattern, bound)
-                for rk, pattern, bound in self.get_table(exchange)
-                if bound == queue
-            ]
-            self._remove_bindings(exchange, members, queue)
-
-    def renew_held(self) -> None:
-        """Send collected acks and reset the idle time of every entry held.
-
-        Runs in the lease keeper's thread while the consuming thread changes
-        the same collections, so it copies them first and retries the copy if
-        a change raced with it.
-        """
-        self.flush_acks()
-        for _ in range(3):
-            try:
-                held = [(d.target, d.entry_id) for d in list(self._deliveries.values())]
-                held += [(e.target, e.entry_id) for e in list(self._buffer)]
-                break
-            except RuntimeError:
-                continue
-        else:
-            return
-        by_stream: dict[tuple[str, str], list[Any]] = {}
-        for target, entry_id in held:
-            if not target.no_ack:
-                by_stream.setdefault((target.stream, target.group), []).append(entry_id)
-        if not by_stream:
-            return
-        with self.client.pipeline(transaction=False) as pipe:
-            for (stream, group), ids in by_stream.items():
-                pipe.xclaim(stream, group, self.consumer_name, 0, ids, justid=True)
-            pipe.execute(raise_on_error=False)
-
-    def refresh_expiry(self, now: float) -> None:
-        """Refresh the time to live of consumed queues that have one, when due."""
-        due = []
-        for target in list(self._plan or ()):
-            if target.expire_ms and now >= self._next_expiry_refresh.get(
-                target.stream, 0
-            ):
-                self._next_expiry_refresh[target.stream] = now + target.expire_ms / 3000
-                due.append(target)
-        if not due:
-            return
-        with self.client.pipeline(transaction=False) as pipe:
-            for target in due:
-                pipe.pexpire(target.stream, target.expire_ms)
-            pipe.execute()
-
     # -- close -------------------------------------------------------------------
 
     def close(self) -> None:
@@ -1059,5 +626,4 @@ def _queue_expire_ms(kwargs: dict[str, Any]) -> int:
         return 0
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+_text = as_text

@@ -48,6 +48,12 @@ class QoS(virtual.QoS):
         """Acknowledge the entry with XACK and delete it from its stream."""
         self.channel.settle(delivery_tag)
         super().ack(delivery_tag)
+        self._credit_freed()
+
+    def _credit_freed(self) -> None:
+        transport = self.channel.connection
+        if transport is not None:
+            transport.notify_credit()
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
         """Requeue the message at the tail of its queue, or drop it.
@@ -63,6 +69,7 @@ class QoS(virtual.QoS):
         else:
             self.channel.settle(delivery_tag)
         self._quick_ack(delivery_tag)
+        self._credit_freed()
 
     def restore_unacked(self) -> list[tuple[BaseException, Any]]:
         """Give every unacknowledged message back to its queue.

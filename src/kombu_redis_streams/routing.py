@@ -50,10 +50,10 @@ class RoutingCache:
             pipe.smembers(self._keys.bindings(exchange))
             raw_version, raw_types, raw_expires, members = pipe.execute()
 
-        version = _text(raw_version) if raw_version is not None else "0"
+        version = as_text(raw_version) if raw_version is not None else "0"
         table = sorted(self._parse(member) for member in members)
-        types = {_text(name): _text(kind) for name, kind in raw_types.items()}
-        expires = {_text(name): int(ms) for name, ms in raw_expires.items()}
+        types = {as_text(name): as_text(kind) for name, kind in raw_types.items()}
+        expires = {as_text(name): int(ms) for name, ms in raw_expires.items()}
         with self._lock:
             if version != self._version:
                 self._tables.clear()
@@ -80,7 +80,7 @@ class RoutingCache:
         return self._sep.join([routing_key or "", pattern or "", queue or ""])
 
     def _parse(self, member: Any) -> Binding:
-        parts = _text(member).split(self._sep)
+        parts = as_text(member).split(self._sep)
         if len(parts) != 3:
             # A member written with another separator: treat it as a queue
             # bound with an empty routing key rather than failing the publish.
@@ -89,5 +89,6 @@ class RoutingCache:
         return (routing_key, pattern, queue)
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """Return ``value`` as str, decoding bytes as UTF-8."""
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)

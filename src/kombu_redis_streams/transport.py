@@ -14,7 +14,7 @@ import os
 import select
 import socket
 import threading
-from time import monotonic, sleep
+from time import monotonic
 from typing import Any
 
 import redis
@@ -76,6 +76,7 @@ class Transport(virtual.Transport):
         self._timers: list[Any] = []
         self._reader_fds: dict[StreamsChannel, int] = {}
         self._wake_pipe: tuple[int, int] | None = None
+        self._waiting_for_credit = False
         self.leases = LeaseKeeper(
             lambda: list(self.channels),
             self.options.visibility_timeout,
@@ -200,21 +201,40 @@ class Transport(virtual.Transport):
 
         period = self.options.block_timeout_s
         timeout = period if remaining is None else min(remaining, period)
-        if not waiting:
-            # No credit or no consumer: acks from other threads may free credit.
-            sleep(min(timeout, 0.1))
-            return
-
+        wake_fd = self._ensure_wake_pipe()[0]
         poller = select.poll()
-        for fd in waiting:
+        for fd in (*waiting, wake_fd):
             poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
-        for fd, _ in poller.poll(timeout * 1000):
+
+        # An ack from another thread frees credit while this thread waits:
+        # it writes to the wake pipe, so the wait ends at once.
+        self._waiting_for_credit = True
+        try:
+            events = poller.poll(timeout * 1000)
+        finally:
+            self._waiting_for_credit = False
+        for fd, _ in events:
+            if fd == wake_fd:
+                self._on_wake()
+                continue
             channel = waiting[fd]
             try:
                 if channel.reader.read():
                     channel.needs_fetch = True
             except redis.ConnectionError as exc:
                 self._reader_failed(channel, exc)
+
+    def notify_credit(self) -> None:
+        """Wake a ``drain_events`` that waits, after an ack freed credit."""
+        if self._waiting_for_credit:
+            self._wake()
+
+    def _ensure_wake_pipe(self) -> tuple[int, int]:
+        if self._wake_pipe is None:
+            self._wake_pipe = os.pipe()
+            for fd in self._wake_pipe:
+                os.set_blocking(fd, False)
+        return self._wake_pipe
 
     def _ensure_read_sent(self, channel: StreamsChannel) -> int | None:
         """Send the channel's blocking read if it may read; return its fd."""
@@ -256,10 +276,7 @@ class Transport(virtual.Transport):
         self._close_wake_pipe()
         self._loop = loop
         self._reader_fds.clear()
-        self._wake_pipe = os.pipe()
-        for fd in self._wake_pipe:
-            os.set_blocking(fd, False)
-        loop.add_reader(self._wake_pipe[0], self._on_wake)
+        loop.add_reader(self._ensure_wake_pipe()[0], self._on_wake)
         loop.on_tick.add(self._on_tick)
         self._timers = [
             loop.call_repeatedly(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 import redis
@@ -228,3 +229,40 @@ def test_unsent_acks_redeliver_after_crash(broker_url: str) -> None:
     with Connection(broker_url, transport_options=options) as connection:
         again = drain(connection, [QUEUE], timeout=1.5)
     assert sorted(m.payload["n"] for m in again) == [0, 1, 2]
+
+
+def test_acks_from_other_thread(broker_url: str, redis_client: redis.Redis) -> None:
+    import queue as queue_module
+    import threading
+
+    with Connection(broker_url) as connection:
+        publish(connection, 500)
+        to_ack: queue_module.Queue = queue_module.Queue()
+        acked: list[int] = []
+
+        def acker() -> None:
+            while True:
+                message = to_ack.get()
+                if message is None:
+                    return
+                acked.append(message.payload["n"])
+                message.ack()
+
+        thread = threading.Thread(target=acker)
+        thread.start()
+        with Consumer(
+            connection,
+            [QUEUE],
+            callbacks=[lambda b, m: to_ack.put(m)],
+            prefetch_count=10,
+        ):
+            deadline = time.monotonic() + 30
+            while len(acked) < 500 and time.monotonic() < deadline:
+                try:
+                    connection.drain_events(timeout=1)
+                except socket.timeout:
+                    pass
+        to_ack.put(None)
+        thread.join(timeout=10)
+    assert sorted(acked) == list(range(500))
+    assert redis_client.xlen("{acks}") == 0

@@ -146,3 +146,20 @@ def test_idle_consumer_keeps_queue_alive(
                         connection.drain_events(timeout=0.5)
         assert redis_client.exists("{idle-alive}") == 1
     assert "was missing" not in caplog.text
+
+
+def test_expired_queue_bindings_swept(
+    broker_url: str, redis_client: redis.Redis
+) -> None:
+    exchange = Exchange("replies", "direct")
+    gone = Queue("reply-gone", exchange, "gone", expires=0.3)
+    kept = Queue("reply-kept", exchange, "kept")
+    options = {"unacked_restore_interval": 0.1}
+    with Connection(broker_url, transport_options=options) as connection:
+        gone(connection.channel()).declare()
+        time.sleep(0.6)
+        assert redis_client.exists("{reply-gone}") == 0
+        drain(connection, [kept], timeout=0.5)
+    members = redis_client.smembers("_kombu_streams.binding.replies")
+    assert all(b"reply-gone" not in member for member in members)
+    assert redis_client.hexists("_kombu_streams.expires", "reply-gone") == 0

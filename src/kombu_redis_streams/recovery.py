@@ -1,0 +1,270 @@
+"""Recovery: reclaiming dead consumers' entries, leases, and group hygiene."""
+
+from __future__ import annotations
+
+import logging
+from time import monotonic
+from typing import TYPE_CHECKING, Any
+
+from redis import exceptions as redis_errors
+
+from .plan import FANOUT_MODE, Entry, ReadTarget
+from .routing import as_text as _text
+
+if TYPE_CHECKING:
+    from collections import deque
+
+    import redis
+
+    from .acks import AckBuffer
+    from .fastpath import ScriptRunner
+    from .keys import KeySpace
+    from .options import TransportOptions
+    from .plan import Delivery, Entry
+    from .scripts import Scripts
+    from .transport import Transport
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between two sweeps of one fanout stream for groups of gone queues.
+FANOUT_SWEEP_INTERVAL_S = 60.0
+
+
+class RecoveryMixin:
+    """Reclaim scans, lease renewal and cleanup for the channel."""
+
+    # Set by Channel.__init__; declared here for type checkers.
+    connection: Transport
+    options: TransportOptions
+    keys: KeySpace
+    client: redis.Redis
+    scripts: Scripts
+    runner: ScriptRunner
+    consumer_name: str
+    _acks: AckBuffer
+    _buffer: deque[Entry]
+    _deliveries: dict[Any, Delivery]
+    _next_expired_sweep: float
+    queue_delete: Any
+    _has_queue: Any
+    _log_broken_key: Any
+    _next_expiry_refresh: Any
+    _next_fanout_sweep: Any
+    _own_recovered: Any
+    _plan: Any
+    _reclaim_cursors: Any
+    _remove_bindings: Any
+    credit: Any
+    flush_acks: Any
+    get_table: Any
+    plan: Any
+
+    def reclaim_due(self) -> bool:
+        """Return True when the reclaim scan interval has passed."""
+        return monotonic() >= self._next_reclaim
+
+    def reclaim(self) -> int:
+        """Take over entries idle for ``visibility_timeout`` in other consumers.
+
+        The lease keeper touches the entries this channel holds, so a live
+        channel's entries are never idle long enough to be taken; entries it
+        still holds are skipped here as a second guard.
+
+        Returns:
+            The number of entries taken over and buffered for delivery.
+        """
+        self._next_reclaim = monotonic() + self.options.unacked_restore_interval
+        min_idle_ms = int(self.options.visibility_timeout * 1000)
+        held = {delivery.entry_id for delivery in self._deliveries.values()}
+        taken = 0
+        for target in self.plan():
+            if target.no_ack:
+                continue
+            credit = self.credit()
+            if credit <= 0:
+                break
+            start = self._reclaim_cursors.get(target.stream, "0-0")
+            try:
+                reply = self.scripts.reclaim(
+                    keys=[target.stream],
+                    args=[target.group, self.consumer_name, min_idle_ms, start, credit],
+                    client=self.client,
+                )
+            except redis_errors.ResponseError as exc:
+                self._log_broken_key(target.stream, str(exc))
+                continue
+            next_start, claimed = reply
+            self._reclaim_cursors[target.stream] = _text(next_start)
+            for entry_id, fields, deliveries in zip(
+                claimed[::3], claimed[1::3], claimed[2::3]
+            ):
+                entry_id = _text(entry_id)
+                if entry_id in held:
+                    continue
+                logger.warning(
+                    "Entry %s of stream %r was idle for over %.0f s in another "
+                    "consumer; it is taken over and delivered again (delivery %d).",
+                    entry_id,
+                    target.stream,
+                    self.options.visibility_timeout,
+                    deliveries,
+                )
+                self._buffer.append(Entry(target, entry_id, fields, int(deliveries)))
+                taken += 1
+        self._prune_consumers()
+        # A blocking read cannot tell that its streams vanished (FLUSHALL, a
+        # restart without persistence): the next fetch checks and repairs.
+        self.needs_fetch = True
+        return taken
+
+    def _prune_consumers(self) -> None:
+        """Remove consumers that left their groups without closing.
+
+        Only consumers with no pending entry and idle for longer than
+        ``visibility_timeout`` go, so no entry becomes unclaimable. Groups on
+        fanout streams whose queue no longer exists (it expired, or a client
+        died before deleting its auto-delete queue) are removed too.
+        """
+        idle_ms = int(self.options.visibility_timeout * 1000)
+        for target in self.plan():
+            self.scripts.prune(
+                keys=[target.stream],
+                args=[target.group, idle_ms, self.consumer_name],
+                client=self.client,
+            )
+            if target.kind == FANOUT_MODE:
+                self.sweep_fanout(target.stream)
+        self.sweep_expired_queues()
+
+    def sweep_expired_queues(self) -> None:
+        """Remove the bindings of queues that expired, at most once a minute.
+
+        A queue with ``x-expires`` whose streams expired leaves its bindings
+        and its entry in the expiry hash behind; publishers would keep
+        writing to it. Deleting the queue removes both.
+        """
+        now = monotonic()
+        if now < self._next_expired_sweep:
+            return
+        self._next_expired_sweep = now + FANOUT_SWEEP_INTERVAL_S
+        queues = [_text(name) for name in self.client.hkeys(self.keys.queue_expires)]
+        if not queues:
+            return
+        first_step = self.options.priority_steps[0]
+        with self.client.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.exists(self.keys.queue_stream(queue, first_step))
+            exists = pipe.execute()
+        for queue, found in zip(queues, exists):
+            if not found:
+                logger.info(
+                    "Queue %r expired; its bindings and expiry are removed.", queue
+                )
+                self.queue_delete(queue)
+
+    def sweep_fanout(self, stream: str) -> None:
+        """Destroy groups of queues that are gone, at most once a minute."""
+        now = monotonic()
+        if now < self._next_fanout_sweep.get(stream, 0.0):
+            return
+        self._next_fanout_sweep[stream] = now + FANOUT_SWEEP_INTERVAL_S
+        try:
+            groups = self.client.xinfo_groups(stream)
+        except redis_errors.ResponseError:
+            return  # no stream: nothing to sweep
+        idle_ms = self.options.visibility_timeout * 1000
+        for group in groups:
+            name = _text(group["name"])
+            queue = self.keys.queue_of_group(name)
+            if queue is None or self._has_queue(queue):
+                continue
+            consumers = self.client.xinfo_consumers(stream, name)
+            if any(consumer["idle"] < idle_ms for consumer in consumers):
+                continue
+            exchange = self.keys.exchange_of_fanout_stream(stream)
+            logger.warning(
+                "Queue %r no longer exists, so its group %r on fanout stream %r is "
+                "destroyed and its binding removed.",
+                queue,
+                name,
+                stream,
+            )
+            members = [
+                self.connection.routing.member(rk, pattern, bound)
+                for rk, pattern, bound in self.get_table(exchange)
+                if bound == queue
+            ]
+            self._remove_bindings(exchange, members, queue)
+
+    def renew_held(self) -> None:
+        """Send collected acks and reset the idle time of every entry held.
+
+        Runs in the lease keeper's thread while the consuming thread changes
+        the same collections, so it copies them first and retries the copy if
+        a change raced with it.
+        """
+        self.flush_acks()
+        for _ in range(3):
+            try:
+                held = [(d.target, d.entry_id) for d in list(self._deliveries.values())]
+                held += [(e.target, e.entry_id) for e in list(self._buffer)]
+                break
+            except RuntimeError:
+                continue
+        else:
+            return
+        by_stream: dict[tuple[str, str], list[Any]] = {}
+        for target, entry_id in held:
+            if not target.no_ack:
+                by_stream.setdefault((target.stream, target.group), []).append(entry_id)
+        if not by_stream:
+            return
+        with self.client.pipeline(transaction=False) as pipe:
+            for (stream, group), ids in by_stream.items():
+                pipe.xclaim(stream, group, self.consumer_name, 0, ids, justid=True)
+            pipe.execute(raise_on_error=False)
+
+    def refresh_expiry(self, now: float) -> None:
+        """Refresh the time to live of consumed queues that have one, when due."""
+        due = []
+        for target in list(self._plan or ()):
+            if target.expire_ms and now >= self._next_expiry_refresh.get(
+                target.stream, 0
+            ):
+                self._next_expiry_refresh[target.stream] = now + target.expire_ms / 3000
+                due.append(target)
+        if not due:
+            return
+        with self.client.pipeline(transaction=False) as pipe:
+            for target in due:
+                pipe.pexpire(target.stream, target.expire_ms)
+            pipe.execute()
+
+    def _recover_own(self, plan: list[ReadTarget], credit: int) -> int:
+        """Take back what this consumer name left pending before a restart."""
+        taken = 0
+        for target in plan:
+            if target.no_ack or target.stream in self._own_recovered:
+                continue
+            reply = self.scripts.recover_own(
+                keys=[target.stream],
+                args=[target.group, self.consumer_name, credit - taken],
+                client=self.client,
+            )
+            for entry_id, fields, deliveries in zip(
+                reply[::3], reply[1::3], reply[2::3]
+            ):
+                entry = Entry(target, _text(entry_id), fields, int(deliveries))
+                self._buffer.append(entry)
+            taken += len(reply) // 3
+            if taken >= credit:
+                break
+            self._own_recovered.add(target.stream)
+        if taken:
+            logger.warning(
+                "Consumer %r took back %d entries it had pending before a restart; "
+                "they are delivered again.",
+                self.consumer_name,
+                taken,
+            )
+        return taken
