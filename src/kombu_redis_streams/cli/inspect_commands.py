@@ -83,7 +83,13 @@ def print_json(listing: Any) -> None:
 @click.command()
 @server_options
 def queues(url: str, prefix: str, group_prefix: str, as_json: bool) -> None:
-    """List every queue with its ready, pending and dead-lettered counts."""
+    """List every queue with its ready, pending and dead-lettered counts.
+
+    The consumers column counts the consumers the server knows in the queue's
+    group: a consumer appears once it has read an entry, and one that holds
+    nothing is removed after visibility_timeout of idleness, so an idle
+    worker may not be counted.
+    """
     with open_inspector(url, prefix, group_prefix) as inspector:
         listing = inspector.list_queues()
         address = inspector.address
@@ -106,7 +112,12 @@ def queues(url: str, prefix: str, group_prefix: str, as_json: bool) -> None:
 def consumers(
     queue: str, url: str, prefix: str, group_prefix: str, as_json: bool
 ) -> None:
-    """List the consumers of QUEUE with their pending counts and idle times."""
+    """List the consumers of QUEUE with their pending counts and idle times.
+
+    These are the consumers the server knows in the queue's group: a consumer
+    appears once it has read an entry, and one that holds nothing is removed
+    after visibility_timeout of idleness.
+    """
     with open_inspector(url, prefix, group_prefix) as inspector:
         listing = inspector.list_consumers(queue)
     if as_json:
