@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import socket
 import threading
 from time import monotonic
@@ -19,6 +18,8 @@ from typing import Any
 
 import redis
 from kombu.transport import virtual
+from kombu.utils.eventio import ERR, READ
+from kombu.utils.eventio import poll as kombu_poll
 
 from .channel import Channel as StreamsChannel
 from .connection import connection_params
@@ -202,17 +203,20 @@ class Transport(virtual.Transport):
         period = self.options.block_timeout_s
         timeout = period if remaining is None else min(remaining, period)
         wake_fd = self._ensure_wake_pipe()[0]
-        poller = select.poll()
+        # kombu's poller: epoll here, select under eventlet or gevent, which
+        # remove or replace select.poll.
+        poller = kombu_poll()
         for fd in (*waiting, wake_fd):
-            poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+            poller.register(fd, READ | ERR)
 
         # An ack from another thread frees credit while this thread waits:
         # it writes to the wake pipe, so the wait ends at once.
         self._waiting_for_credit = True
         try:
-            events = poller.poll(timeout * 1000)
+            events = poller.poll(timeout) or []
         finally:
             self._waiting_for_credit = False
+            poller.close()
         for fd, _ in events:
             if fd == wake_fd:
                 self._on_wake()

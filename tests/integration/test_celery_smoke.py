@@ -77,8 +77,10 @@ def start_worker(
     )
 
 
-@pytest.mark.parametrize("pool", ["solo", "prefork"])
+@pytest.mark.parametrize("pool", ["solo", "prefork", "gevent", "eventlet"])
 def test_worker_runs_tasks(celery_app_dir: Path, pool: str) -> None:
+    if pool in ("gevent", "eventlet"):
+        pytest.importorskip(pool)
     import smoke_app  # type: ignore[import-not-found]
 
     worker = start_worker(celery_app_dir, pool)
