@@ -47,12 +47,13 @@ class ScriptRunner:
         """
         return self.run_many([(script, keys, args)])[0]
 
-    def run_many(self, calls: Sequence[Call]) -> list[Any]:
+    def run_many(self, calls: Sequence[Call], raise_errors: bool = True) -> list[Any]:
         """Run several scripts in one round trip and return their replies.
 
         Raises:
             redis.ResponseError: a script failed; the first failure is raised
-                after every reply was read.
+                after every reply was read, unless ``raise_errors`` is False:
+                then failures are returned in place of their replies.
         """
         replies = self._send_and_read(calls)
         missing = [
@@ -67,9 +68,10 @@ class ScriptRunner:
             retried = self._send_and_read([calls[index] for index in missing])
             for index, reply in zip(missing, retried):
                 replies[index] = reply
-        for reply in replies:
-            if isinstance(reply, ResponseError):
-                raise reply
+        if raise_errors:
+            for reply in replies:
+                if isinstance(reply, ResponseError):
+                    raise reply
         return replies
 
     def _send_and_read(self, calls: Sequence[Call]) -> list[Any]:

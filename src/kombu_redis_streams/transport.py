@@ -54,6 +54,8 @@ class Transport(virtual.Transport):
     implements = virtual.Transport.implements.extend(
         asynchronous=True,
         exchange_type=frozenset(["direct", "topic", "fanout"]),
+        # kombu 5.7's Producer.batch(); older kombu ignores the flag.
+        batch_publish=True,
     )
 
     connection_errors = CONNECTION_ERRORS

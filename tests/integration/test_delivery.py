@@ -209,3 +209,40 @@ def test_empty_cached_route_rechecked(broker_url: str, kind: str) -> None:
         producer.publish({"n": 1}, exchange=exchange, routing_key="k")
         received = bodies(drain(consumer, [queue]))
     assert received == [{"n": 1}]
+
+
+def test_batch_publish_counts_exactly(
+    broker_url: str, redis_client: redis.Redis
+) -> None:
+    exchange = Exchange("batched", "topic")
+    first = Queue("batched-1", exchange, "b.*")
+    second = Queue("batched-2", exchange, "b.#")
+    with Connection(broker_url) as connection, Connection(broker_url) as other:
+        first(connection.channel()).declare()
+        producer = Producer(connection.channel())
+        with producer.batch(max_size=100):
+            for number in range(250):
+                if number == 120:
+                    # Bound while the batch is open: messages routed before
+                    # it was bound and sent after are routed again.
+                    second(other.channel()).declare()
+                producer.publish({"n": number}, exchange=exchange, routing_key="b.x")
+        got_first = [b["n"] for b in bodies(drain(other, [first]))]
+        got_second = [b["n"] for b in bodies(drain(other, [second]))]
+    assert got_first == list(range(250))
+    assert got_second == list(range(100, 250))
+
+
+def test_batch_publish_full_stream(broker_url: str) -> None:
+    from kombu_redis_streams import QueueFullError
+
+    queue = Queue("batch-capped", routing_key="batch-capped")
+    with Connection(broker_url, transport_options={"stream_maxlen": 3}) as connection:
+        queue(connection.channel()).declare()
+        producer = Producer(connection.channel())
+        with pytest.raises(QueueFullError):
+            with producer.batch(max_size=10):
+                for number in range(5):
+                    producer.publish({"n": number}, routing_key="batch-capped")
+        received = [b["n"] for b in bodies(drain(connection, [queue]))]
+    assert received == [0, 1, 2]
