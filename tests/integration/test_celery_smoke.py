@@ -119,3 +119,55 @@ def test_worker_with_mingle_and_gossip(celery_app_dir: Path) -> None:
     assert value == 42, output
     assert "mingle: all alone" in output
     smoke_app.app.close()
+
+
+def run_celery(app_dir: Path, *args: str, seconds: float) -> str:
+    """Run a celery command for ``seconds`` (or until it exits); return output."""
+    env = dict(os.environ, PYTHONPATH=str(app_dir))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "smoke_app", *args],
+        cwd=app_dir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGTERM)
+        try:
+            output, _ = process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+    return output
+
+
+def test_beat_and_events_commands(celery_app_dir: Path) -> None:
+    config = celery_app_dir / "smoke_app.py"
+    config.write_text(
+        config.read_text()
+        + "\napp.conf.beat_schedule = {'tick': {'task': 'smoke_app.add',"
+        " 'schedule': 0.5, 'args': (1, 1)}}\n"
+    )
+    worker = start_worker(celery_app_dir, "solo", extra=("--without-mingle", "-E"))
+    try:
+        beat_output = run_celery(
+            celery_app_dir,
+            "beat",
+            "--loglevel=INFO",
+            f"--schedule={celery_app_dir / 'beat-schedule'}",
+            seconds=4,
+        )
+        events_output = run_celery(celery_app_dir, "events", "--dump", seconds=4)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker_output, _ = worker.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker_output, _ = worker.communicate()
+    assert "Scheduler: Sending due task tick" in beat_output, beat_output
+    assert worker_output.count("succeeded in") >= 3, worker_output
+    assert "heartbeat:" in events_output, events_output
