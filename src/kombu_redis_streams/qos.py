@@ -80,11 +80,25 @@ class QoS(virtual.QoS):
         """
         self._flush()
         errors: list[tuple[BaseException, Any]] = []
+        left_pending = 0
+        connection_errors = self.channel.connection.connection_errors
         while self._delivered:
             tag, message = self._delivered.popitem(last=False)
             try:
                 self.channel.requeue_delivered(tag, message)
+            except connection_errors:
+                # Not a failure to report: without a server the message
+                # stays in the pending entries list, where another consumer
+                # takes it over after visibility_timeout. Reporting it would
+                # make kombu dump it to a file for a manual replay.
+                left_pending += 1
             except Exception as exc:
                 if tag not in self._dirty:
                     errors.append((exc, message))
+        if left_pending:
+            logger.warning(
+                "The server is unreachable, so %d unacked messages stay pending; "
+                "another consumer takes them over after visibility_timeout.",
+                left_pending,
+            )
         return errors

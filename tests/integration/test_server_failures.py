@@ -211,3 +211,25 @@ def drain_all(connection: Connection, queue: Queue) -> list:
     ):
         consume_until(connection, received, 2, 2)
     return received
+
+
+def test_close_without_server_dumps_nothing(
+    server: EmbeddedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    own = EmbeddedServer(server.binary).start()
+    try:
+        publish(own.url, range(3))
+        connection = Connection(own.url)
+        simple = connection.SimpleQueue(QUEUE)
+        held = [simple.get(timeout=1) for _ in range(2)]
+        own.kill()
+        with caplog.at_level(logging.WARNING):
+            connection.close()
+    finally:
+        own.stop()
+    assert len(held) == 2
+    assert "EMERGENCY DUMP" not in caplog.text
+    assert "UNABLE TO RESTORE" not in caplog.text
+    assert "stay pending" in caplog.text
