@@ -101,7 +101,7 @@ class Channel(PublishMixin, SettlementMixin, RecoveryMixin, virtual.Channel):
         passive: bool = False,
         **kwargs: Any,
     ) -> None:
-        """Declare an exchange and store its type where every process sees it."""
+        """Declare an exchange and store its type in Redis for every process."""
         super().exchange_declare(exchange, type, passive=passive, **kwargs)
         if passive or not exchange:
             return
@@ -189,7 +189,7 @@ class Channel(PublishMixin, SettlementMixin, RecoveryMixin, virtual.Channel):
             try:
                 self.client.xgroup_destroy(stream, self.keys.group(fanout_queue))
             except redis_errors.ResponseError:
-                pass  # no stream or no group: nothing holds entries back
+                pass  # no stream or no group, so no group keeps entries back
             # The destroyed group may have been the last one holding entries.
             self.scripts.trim(keys=[stream], client=self.client)
 
@@ -246,7 +246,7 @@ class Channel(PublishMixin, SettlementMixin, RecoveryMixin, virtual.Channel):
             if isinstance(length, redis_errors.ResponseError) and "WRONGTYPE" in str(
                 length
             ):
-                continue  # not a stream: it holds no message of this queue
+                continue  # not a stream, so it contains no message of this queue
             if isinstance(length, Exception):
                 raise length
             held = pending["pending"] if isinstance(pending, dict) else 0

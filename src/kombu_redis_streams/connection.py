@@ -61,7 +61,7 @@ def connection_params(
         conninfo: the ``kombu.Connection`` of the transport.
         options: the validated transport options.
         tls: the URL scheme requests TLS (``rediss-streams://``); certificates
-            are verified unless ``ssl_cert_reqs`` says otherwise.
+            are verified unless ``ssl_cert_reqs`` turns it off.
     """
     params: dict[str, Any] = {
         "host": conninfo.hostname or "127.0.0.1",

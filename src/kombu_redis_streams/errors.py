@@ -19,7 +19,7 @@ class UnsupportedServerError(KombuError):
 
 
 class QueueFullError(ChannelError):
-    """A publish was refused because a stream already holds ``stream_maxlen``."""
+    """A publish rejected because a stream has ``stream_maxlen`` entries."""
 
 
 class StaleRoutingError(ChannelError):

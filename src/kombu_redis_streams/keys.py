@@ -27,7 +27,7 @@ class KeySpace:
     group_prefix: str = "kombu:"
 
     def queue_stream(self, queue: str, step: int = 0) -> str:
-        """Return the stream that holds the messages of ``queue`` at ``step``."""
+        """Return the stream that contains the messages of ``queue`` at ``step``."""
         if step == 0:
             return f"{self.prefix}{{{queue}}}"
         return f"{self.prefix}{{{queue}}}:{step}"
@@ -41,7 +41,7 @@ class KeySpace:
         return f"{self.prefix}{{{queue}}}:dead"
 
     def fanout_stream(self, exchange: str) -> str:
-        """Return the stream that holds the messages of a fanout exchange."""
+        """Return the stream that contains the messages of a fanout exchange."""
         return f"{self.prefix}{NAMESPACE}.fanout.{{{exchange}}}"
 
     def exchange_of_fanout_stream(self, stream: str) -> str:

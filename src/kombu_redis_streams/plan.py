@@ -1,4 +1,4 @@
-"""What a consuming channel reads, in which order, and what it has read."""
+"""Read plans of a consuming channel: the streams, their order, and the entries read."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class Entry:
 
 @dataclass(frozen=True)
 class Delivery:
-    """Where a delivered message came from, kept until it is acked or rejected."""
+    """Origin of a delivered message, kept until it is acked or rejected."""
 
     target: ReadTarget
     entry_id: str

@@ -16,17 +16,9 @@ from .keys import clamp_priority, priority_step
 from .routing import as_text as _text
 
 if TYPE_CHECKING:
-    from collections import deque
+    pass
 
-    import redis
-
-    from .acks import AckBuffer
-    from .fastpath import ScriptRunner
-    from .keys import KeySpace
-    from .options import TransportOptions
-    from .plan import Delivery, Entry
-    from .scripts import Scripts
-    from .transport import Transport
+from .channel_state import ChannelState
 
 logger = logging.getLogger(__name__)
 
@@ -131,20 +123,10 @@ class PublishBatch:
         self._pending = []
 
 
-class PublishMixin:
+class PublishMixin(ChannelState):
     """The publishing side of the channel."""
 
-    # Set by Channel.__init__; declared here for type checkers.
-    connection: Transport
-    options: TransportOptions
-    keys: KeySpace
-    client: redis.Redis
-    scripts: Scripts
-    runner: ScriptRunner
-    consumer_name: str
-    _acks: AckBuffer
-    _buffer: deque[Entry]
-    _deliveries: dict[Any, Delivery]
+    # Methods of the other parts of the channel, for type checkers.
     _inplace_augment_message: Any
     _lookup: Any
     deadletter_queue: Any
@@ -219,7 +201,7 @@ class PublishMixin:
         if status == "full":
             stream = call[1][int(reply[1])]
             raise QueueFullError(
-                f"Stream {stream!r} already holds stream_maxlen="
+                f"Stream {stream!r} already contains stream_maxlen="
                 f"{self.options.stream_maxlen} entries, so the message was not "
                 "published. Consume the backlog or raise stream_maxlen."
             )

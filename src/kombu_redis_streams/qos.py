@@ -29,7 +29,7 @@ class QoS(virtual.QoS):
         return self.prefetch_count or self.channel.options.prefetch_count
 
     def held(self) -> int:
-        """Return how many entries this channel holds and has not settled."""
+        """Return how many entries this channel has read and not settled."""
         return len(self._delivered) - len(self._dirty) + self.channel.buffered()
 
     def can_consume(self) -> bool:

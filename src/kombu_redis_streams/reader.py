@@ -1,4 +1,4 @@
-"""The blocking read that tells a channel when new entries arrive.
+"""The blocking read that wakes a channel when new entries arrive.
 
 A channel claims entries with the fetch script, which cannot block. When a
 fetch finds nothing, the channel sends ``XREAD BLOCK`` from the IDs the fetch
@@ -29,7 +29,7 @@ class BlockingReader:
 
     @property
     def in_flight(self) -> bool:
-        """True while a sent read has not been answered yet."""
+        """True while a sent read has no reply yet."""
         return self._sent_at is not None
 
     def seconds_waiting(self) -> float:

@@ -12,17 +12,9 @@ from .plan import FANOUT_MODE, Entry, ReadTarget
 from .routing import as_text as _text
 
 if TYPE_CHECKING:
-    from collections import deque
+    from .plan import Entry
 
-    import redis
-
-    from .acks import AckBuffer
-    from .fastpath import ScriptRunner
-    from .keys import KeySpace
-    from .options import TransportOptions
-    from .plan import Delivery, Entry
-    from .scripts import Scripts
-    from .transport import Transport
+from .channel_state import ChannelState
 
 logger = logging.getLogger(__name__)
 
@@ -30,20 +22,10 @@ logger = logging.getLogger(__name__)
 FANOUT_SWEEP_INTERVAL_S = 60.0
 
 
-class RecoveryMixin:
+class RecoveryMixin(ChannelState):
     """Reclaim scans, lease renewal and cleanup for the channel."""
 
-    # Set by Channel.__init__; declared here for type checkers.
-    connection: Transport
-    options: TransportOptions
-    keys: KeySpace
-    client: redis.Redis
-    scripts: Scripts
-    runner: ScriptRunner
-    consumer_name: str
-    _acks: AckBuffer
-    _buffer: deque[Entry]
-    _deliveries: dict[Any, Delivery]
+    # Methods of the other parts of the channel, for type checkers.
     _next_expired_sweep: float
     queue_delete: Any
     _has_queue: Any
@@ -66,9 +48,9 @@ class RecoveryMixin:
     def reclaim(self) -> int:
         """Take over entries idle for ``visibility_timeout`` in other consumers.
 
-        The lease keeper touches the entries this channel holds, so a live
-        channel's entries are never idle long enough to be taken; entries it
-        still holds are skipped here as a second guard.
+        The lease keeper touches the entries this channel has read, so a live
+        channel's entries are not idle long enough to be taken. Entries it
+        still has are skipped here as a second guard.
 
         Returns:
             The number of entries taken over and buffered for delivery.

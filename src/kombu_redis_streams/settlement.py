@@ -11,33 +11,17 @@ from .keys import clamp_priority, priority_step
 from .plan import Entry, ReadTarget
 
 if TYPE_CHECKING:
-    import redis
+    from .plan import Entry
 
-    from .acks import AckBuffer
-    from .fastpath import ScriptRunner
-    from .keys import KeySpace
-    from .options import TransportOptions
-    from .plan import Delivery, Entry
-    from .scripts import Scripts
-    from .transport import Transport
+from .channel_state import ChannelState
 
 logger = logging.getLogger(__name__)
 
 
-class SettlementMixin:
+class SettlementMixin(ChannelState):
     """Acks, requeues and dead letters for the channel."""
 
-    # Set by Channel.__init__; declared here for type checkers.
-    connection: Transport
-    options: TransportOptions
-    keys: KeySpace
-    client: redis.Redis
-    scripts: Scripts
-    runner: ScriptRunner
-    consumer_name: str
-    _acks: AckBuffer
-    _buffer: deque[Entry]
-    _deliveries: dict[Any, Delivery]
+    # Methods of the other parts of the channel, for type checkers.
 
     def _set_aside(self, entry: Entry, reason: str, deliveries: int = 0) -> None:
         target = entry.target

@@ -85,7 +85,7 @@ def print_json(listing: Any) -> None:
 def queues(url: str, prefix: str, group_prefix: str, as_json: bool) -> None:
     """List every queue with its ready, pending and dead-lettered counts.
 
-    The consumers column counts the consumers the server knows in the queue's
+    The consumers column counts the consumers the server lists in the queue's
     group: a consumer appears once it has read an entry, and one that holds
     nothing is removed after visibility_timeout of idleness, so an idle
     worker may not be counted.
@@ -114,7 +114,7 @@ def consumers(
 ) -> None:
     """List the consumers of QUEUE with their pending counts and idle times.
 
-    These are the consumers the server knows in the queue's group: a consumer
+    These are the consumers the server lists in the queue's group: a consumer
     appears once it has read an entry, and one that holds nothing is removed
     after visibility_timeout of idleness.
     """
