@@ -341,6 +341,9 @@ class Channel(PublishMixin, SettlementMixin, RecoveryMixin, virtual.Channel):
                 dict.fromkeys(self._queue_cycle.consume(len(self._active_queues)))
             )
             self._plan = self._targets_for(queues, self._no_ack_queues)
+            if any(target.expire_ms for target in self._plan):
+                # Queue TTLs are refreshed by the lease thread from now on.
+                self.connection.leases.wake()
             streams = {target.stream for target in self._plan}
             if self._last_ids is not None and set(self._last_ids) != streams:
                 self._last_ids = None
@@ -525,7 +528,7 @@ class Channel(PublishMixin, SettlementMixin, RecoveryMixin, virtual.Channel):
                 entry.target.stream,
             )
             if not entry.target.no_ack:
-                self._acks.add(entry.target, entry.entry_id)
+                self.ack_later(entry.target, entry.entry_id)
             return None
         carried = message["headers"].get(envelope.DELIVERY_COUNT_HEADER, 0)
         carried = carried if isinstance(carried, int) else 0

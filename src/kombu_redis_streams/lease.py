@@ -17,6 +17,7 @@ never expires under its consumer.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterable
 from time import monotonic
@@ -30,12 +31,21 @@ TOUCHES_PER_TIMEOUT = 4
 #: Upper bound of the period between two touches, in seconds.
 MAX_TOUCH_PERIOD_S = 60.0
 
-#: Seconds between two wake-ups of the thread; most find nothing due.
-TICK_S = 0.5
+#: Seconds before maintenance that failed on a channel is tried again.
+RETRY_S = 1.0
+
+#: Shortest sleep between two rounds, so a clock step cannot make a busy loop.
+MIN_SLEEP_S = 0.01
 
 
 class LeaseKeeper:
-    """Touch the held entries of some channels from a daemon thread."""
+    """Touch the held entries of some channels from a daemon thread.
+
+    The thread sleeps until the next piece of work is due: the next touch, a
+    queue's TTL refresh, or acks that waited too long in a channel's buffer.
+    An idle consumer therefore wakes it once per touch period. Channels call
+    :meth:`wake` when they add work that may be due sooner.
+    """
 
     def __init__(
         self,
@@ -49,6 +59,7 @@ class LeaseKeeper:
         )
         self._connection_errors = connection_errors
         self._stopped = threading.Event()
+        self._wakeup = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -66,38 +77,56 @@ class LeaseKeeper:
     def stop(self) -> None:
         """Stop the thread and wait for it briefly."""
         self._stopped.set()
+        self._wakeup.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=2)
 
+    def wake(self) -> None:
+        """Make the thread look again at when its next work is due."""
+        self._wakeup.set()
+
     def touch_all(self) -> None:
         """Touch the held entries of every channel once."""
-        self._for_each_channel("renew_held")
-
-    def _for_each_channel(self, method: str, *args: Any) -> None:
         for channel in list(self._channels()):
-            try:
-                getattr(channel, method)(*args)
-            except self._connection_errors as exc:
-                logger.warning(
-                    "Maintenance of channel %s failed (%s); it is retried in %.1f s.",
-                    getattr(channel, "channel_id", "?"),
-                    exc,
-                    TICK_S,
-                )
+            self._guarded(channel, channel.renew_held)
+
+    def maintain_all(self, now: float) -> float:
+        """Do the due work of every channel; return when more work is due."""
+        due = math.inf
+        for channel in list(self._channels()):
+            next_due = self._guarded(channel, channel.maintain, now)
+            due = min(due, now + RETRY_S if next_due is None else next_due)
+        return due
+
+    def _guarded(self, channel: Any, method: Callable[..., Any], *args: Any) -> Any:
+        """Call ``method``; on a connection error log it and return None."""
+        try:
+            return method(*args)
+        except self._connection_errors as exc:
+            logger.warning(
+                "Maintenance of channel %s failed (%s); it is retried in %.1f s.",
+                getattr(channel, "channel_id", "?"),
+                exc,
+                RETRY_S,
+            )
+            return None
 
     def _run(self) -> None:
         next_touch = monotonic() + self.period_s
-        tick_s = min(TICK_S, self.period_s)
-        while not self._stopped.wait(tick_s):
+        while not self._stopped.is_set():
+            now = monotonic()
             try:
-                if monotonic() >= next_touch:
-                    next_touch = monotonic() + self.period_s
+                if now >= next_touch:
+                    next_touch = now + self.period_s
                     self.touch_all()
-                self._for_each_channel("refresh_expiry", monotonic())
-                # Acks of a consumer that stopped reading must not wait long.
-                self._for_each_channel("flush_acks")
+                due = min(next_touch, self.maintain_all(now))
             except Exception:  # the thread must outlive any single failure
                 logger.exception(
-                    "Channel maintenance failed; it is retried in %.1f s.", TICK_S
+                    "Channel maintenance failed; it is retried in %.1f s.", RETRY_S
                 )
+                due = now + RETRY_S
+            self._wakeup.wait(max(due - monotonic(), MIN_SLEEP_S))
+            # Work added after this point calls wake() again, and work added
+            # before it is seen by the next round, so no wake-up is lost.
+            self._wakeup.clear()

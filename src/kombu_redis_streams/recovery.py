@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as redis_errors
 
+from .acks import FLUSH_DELAY_S
 from .plan import FANOUT_MODE, Entry, ReadTarget
 from .routing import as_text as _text
 
@@ -26,6 +28,7 @@ class RecoveryMixin(ChannelState):
     """Reclaim scans, lease renewal and cleanup for the channel."""
 
     # Methods of the other parts of the channel, for type checkers.
+    _acks: Any
     _next_expired_sweep: float
     queue_delete: Any
     _has_queue: Any
@@ -205,6 +208,27 @@ class RecoveryMixin(ChannelState):
             for (stream, group), ids in by_stream.items():
                 pipe.xclaim(stream, group, self.consumer_name, 0, ids, justid=True)
             pipe.execute(raise_on_error=False)
+
+    def maintain(self, now: float) -> float:
+        """Do this channel's periodic work that is due at ``now``.
+
+        Runs in the lease keeper's thread: refreshes the TTL of consumed
+        queues that have one, and sends acks that waited ``FLUSH_DELAY_S`` in
+        the buffer because the consuming thread stopped reading.
+
+        Returns:
+            The monotonic() time at which more work is due, or infinity.
+        """
+        self.refresh_expiry(now)
+        oldest = self._acks.oldest
+        if oldest is not None and now >= oldest + FLUSH_DELAY_S:
+            self.flush_acks()
+            oldest = self._acks.oldest
+        due = math.inf if oldest is None else oldest + FLUSH_DELAY_S
+        for target in list(self._plan or ()):
+            if target.expire_ms:
+                due = min(due, self._next_expiry_refresh.get(target.stream, now))
+        return due
 
     def refresh_expiry(self, now: float) -> None:
         """Refresh the time to live of consumed queues that have one, when due."""

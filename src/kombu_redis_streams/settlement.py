@@ -79,7 +79,7 @@ class SettlementMixin(ChannelState):
             return
         target = delivery.target
         if self.options.batch_acks:
-            self._acks.add(target, delivery.entry_id)
+            self.ack_later(target, delivery.entry_id)
         else:
             self.runner.run(
                 self.scripts.ack,
@@ -88,6 +88,12 @@ class SettlementMixin(ChannelState):
             )
         # Forgotten only once sent: after a failure, close gives it back.
         self._deliveries.pop(delivery_tag, None)
+
+    def ack_later(self, target: Any, entry_id: str) -> None:
+        """Put an ack in the buffer that the next round trip sends."""
+        if self._acks.add(target, entry_id):
+            # The lease thread sends it if no round trip comes soon enough.
+            self.connection.leases.wake()
 
     def flush_acks(self) -> None:
         """Send the collected acks now, in one round trip."""

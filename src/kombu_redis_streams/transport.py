@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 #: when ``health_check_interval`` is 0 (kombu's default interval).
 DEFAULT_HEALTH_SLACK_S = 25.0
 
+#: Seconds a wait outlasts the blocking read, for its empty reply to arrive.
+REPLY_SLACK_S = 0.25
+
 
 class Transport(virtual.Transport):
     """Kombu transport on Redis Streams, a drop-in for kombu's ``redis``."""
@@ -202,7 +205,10 @@ class Transport(virtual.Transport):
             if fd is not None:
                 waiting[fd] = channel
 
-        period = self.options.block_timeout_s
+        # The blocking read's empty reply ends an idle period; waiting a little
+        # longer than the block lets that reply, not the poll, end the wait,
+        # so an idle consumer wakes once per period instead of twice.
+        period = self.options.block_timeout_s + REPLY_SLACK_S
         timeout = period if remaining is None else min(remaining, period)
         wake_fd = self._ensure_wake_pipe()[0]
         # kombu's poller: epoll here, select under eventlet or gevent, which
