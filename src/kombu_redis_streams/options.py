@@ -152,6 +152,9 @@ class TransportOptions:
     visibility_timeout: float = 300.0
     #: Seconds between two reclaim scans (XAUTOCLAIM) of a consuming channel.
     unacked_restore_interval: float = 10.0
+    #: Seconds between two sweeps for state left by queues that are gone:
+    #: bindings of expired queues and fanout groups of deleted queues.
+    sweep_interval: float = 60.0
     #: Priority buckets: one stream per step, lower steps served first.
     priority_steps: tuple[int, ...] = DEFAULT_PRIORITY_STEPS
     #: Order in which the queues of one consumer are read inside a step.
@@ -229,6 +232,7 @@ class TransportOptions:
 _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "visibility_timeout": _positive_number,
     "unacked_restore_interval": _positive_number,
+    "sweep_interval": _positive_number,
     "priority_steps": _priority_steps,
     "queue_order_strategy": _queue_order_strategy,
     "global_keyprefix": _string,

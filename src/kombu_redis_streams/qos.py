@@ -39,6 +39,12 @@ class QoS(virtual.QoS):
 
     def can_consume_max_estimate(self) -> int | None:
         """Return how many more messages the channel may take, or None for any."""
+        if "can_consume" in vars(self):
+            # can_consume was replaced on this instance, as Celery's
+            # worker_disable_prefetch does to admit a task only while a pool
+            # process is free. That limit is not visible here, so the channel
+            # reads one message and calls can_consume again before the next.
+            return 1
         limit = self.effective_prefetch()
         if not limit:
             return None

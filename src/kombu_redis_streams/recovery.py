@@ -20,9 +20,6 @@ from .channel_state import ChannelState
 
 logger = logging.getLogger(__name__)
 
-#: Seconds between two sweeps of one fanout stream for groups of gone queues.
-FANOUT_SWEEP_INTERVAL_S = 60.0
-
 
 class RecoveryMixin(ChannelState):
     """Reclaim scans, lease renewal and cleanup for the channel."""
@@ -122,7 +119,7 @@ class RecoveryMixin(ChannelState):
         self.sweep_expired_queues()
 
     def sweep_expired_queues(self) -> None:
-        """Remove the bindings of queues that expired, at most once a minute.
+        """Remove the bindings of queues that expired, once per ``sweep_interval``.
 
         A queue with ``x-expires`` whose streams expired leaves its bindings
         and its entry in the expiry hash behind; publishers would keep
@@ -131,7 +128,7 @@ class RecoveryMixin(ChannelState):
         now = monotonic()
         if now < self._next_expired_sweep:
             return
-        self._next_expired_sweep = now + FANOUT_SWEEP_INTERVAL_S
+        self._next_expired_sweep = now + self.options.sweep_interval
         queues = [_text(name) for name in self.client.hkeys(self.keys.queue_expires)]
         if not queues:
             return
@@ -148,11 +145,11 @@ class RecoveryMixin(ChannelState):
                 self.queue_delete(queue)
 
     def sweep_fanout(self, stream: str) -> None:
-        """Destroy groups of queues that are gone, at most once a minute."""
+        """Destroy groups of queues that are gone, once per ``sweep_interval``."""
         now = monotonic()
         if now < self._next_fanout_sweep.get(stream, 0.0):
             return
-        self._next_fanout_sweep[stream] = now + FANOUT_SWEEP_INTERVAL_S
+        self._next_fanout_sweep[stream] = now + self.options.sweep_interval
         try:
             groups = self.client.xinfo_groups(stream)
         except redis_errors.ResponseError:
