@@ -8,10 +8,15 @@ and the JSON escaping of binary data.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 from kombu.utils.json import dumps, loads
+
+#: Marker of the values that kombu's JSON encoder wrote as typed objects
+#: (datetime, UUID, Decimal, bytes). Without it the standard decoder suffices.
+TYPED_VALUE_MARKER = b'"__type__"'
 
 BODY_FIELD = b"body"
 META_FIELD = b"meta"
@@ -57,7 +62,12 @@ def decode(fields: list[bytes] | None) -> dict[str, Any]:
         name = exc.args[0].decode("utf-8", "replace")
         raise MalformedEntry(f"the entry has no {name!r} field") from None
     try:
-        meta = loads(raw_meta)
+        # kombu's decoder calls a Python hook for every JSON object; most
+        # envelopes hold no typed value, so the C decoder alone reads them.
+        if isinstance(raw_meta, bytes) and TYPED_VALUE_MARKER not in raw_meta:
+            meta = json.loads(raw_meta)
+        else:
+            meta = loads(raw_meta)
     except (ValueError, TypeError, AttributeError) as exc:
         # kombu's JSON hooks raise TypeError or AttributeError on a malformed
         # typed value such as {"__type__": "uuid", "__value__": 5}.

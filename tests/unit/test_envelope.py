@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import uuid
+from datetime import datetime, timezone
+from decimal import Decimal
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -77,3 +81,25 @@ def test_mark_redelivered_sets_both_flags() -> None:
     assert message["headers"]["redelivered"] is True
     assert message["headers"][envelope.DELIVERY_COUNT_HEADER] == 2
     assert message["properties"]["delivery_info"]["redelivered"] is True
+
+
+def test_typed_header_values_round_trip() -> None:
+    """kombu's typed JSON values (datetime, UUID, Decimal) come back typed."""
+    headers: dict[str, object] = {
+        "eta": datetime(2026, 12, 4, 21, 30, tzinfo=timezone.utc),
+        "id": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        "price": Decimal("1.25"),
+        "note": '"__type__" inside a plain string',
+    }
+    message = kombu_message(b"x", headers)
+    decoded = envelope.decode(to_fields(*envelope.encode(message)))
+    assert decoded["headers"] == headers
+
+
+def test_untyped_meta_decodes_without_hooks() -> None:
+    """A meta with no typed value decodes to the same dict on the C decoder."""
+    message = kombu_message(b"x", {"retries": 2, "lang": "py"})
+    body, meta = envelope.encode(message)
+    assert envelope.TYPED_VALUE_MARKER not in meta.encode()
+    decoded = envelope.decode(to_fields(body, meta))
+    assert decoded["headers"] == {"retries": 2, "lang": "py"}
