@@ -188,6 +188,31 @@ def test_priority_sets_execution_order(harness: Harness) -> None:
     assert exit_code == 0, worker.log()
 
 
+def test_queue_order_strategy_sorted(harness: Harness) -> None:
+    # With "sorted" a worker empties its queues in name order, whatever the
+    # order of -Q; kombu's default, round_robin, would alternate them.
+    tasks = harness.load_app(
+        """
+        app.conf.worker_prefetch_multiplier = 1
+        app.conf.broker_transport_options = {"queue_order_strategy": "sorted"}
+        """
+    )
+    results = [
+        tasks.ordered.apply_async((index,), queue="b" if index < 5 else "a")
+        for index in range(10)
+    ]
+    worker = harness.start_worker("--pool=solo", "--concurrency=1", "-Q", "b,a")
+
+    for result in results:
+        result.get(timeout=RESULT_TIMEOUT_S)
+    exit_code = worker.stop()
+
+    order = [int(index) for index in harness.counts.lrange("order", 0, -1)]
+    assert order == [5, 6, 7, 8, 9, 0, 1, 2, 3, 4]
+    assert harness.runs() == {result.id: 1 for result in results}
+    assert exit_code == 0, worker.log()
+
+
 # -- routing ---------------------------------------------------------------------------
 
 
