@@ -87,6 +87,8 @@ class Channel(PublishMixin, SettlementMixin, RecoveryMixin, virtual.Channel):
         self._streams_read: set[tuple[str, str]] = set()
         self._reclaim_cursors: dict[str, str] = {}
         self._next_reclaim = monotonic() + self.options.unacked_restore_interval
+        #: True while the last reclaim scan stopped with entries left to take.
+        self.more_to_reclaim = False
         self._tags = count(1)
         self._broken_keys: dict[str, float] = {}
         self.needs_fetch = True

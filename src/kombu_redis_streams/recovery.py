@@ -27,6 +27,8 @@ class RecoveryMixin(ChannelState):
     # Methods of the other parts of the channel, for type checkers.
     _acks: Any
     _next_expired_sweep: float
+    _next_reclaim: float
+    more_to_reclaim: bool
     queue_delete: Any
     _has_queue: Any
     _log_broken_key: Any
@@ -42,7 +44,13 @@ class RecoveryMixin(ChannelState):
     plan: Any
 
     def reclaim_due(self) -> bool:
-        """Return True when the reclaim scan interval has passed."""
+        """Return True when a reclaim scan should run now.
+
+        That is once per ``unacked_restore_interval``, and as soon as the
+        channel has credit again after a scan that left entries behind.
+        """
+        if self.more_to_reclaim and self.credit() > 0:
+            return True
         return monotonic() >= self._next_reclaim
 
     def reclaim(self) -> int:
@@ -52,10 +60,19 @@ class RecoveryMixin(ChannelState):
         channel's entries are not idle long enough to be taken. Entries it
         still has are skipped here as a second guard.
 
+        One scan takes at most the channel's prefetch credit. When it stops
+        with more idle entries left, :attr:`more_to_reclaim` is set, and the
+        scan goes on from where it stopped once acks free credit. A dead
+        consumer's entries thus come back at the pace they are processed,
+        not one prefetch window per interval.
+
         Returns:
             The number of entries taken over and buffered for delivery.
         """
-        self._next_reclaim = monotonic() + self.options.unacked_restore_interval
+        continuing = self.more_to_reclaim
+        self.more_to_reclaim = False
+        if not continuing:
+            self._next_reclaim = monotonic() + self.options.unacked_restore_interval
         min_idle_ms = int(self.options.visibility_timeout * 1000)
         held = {delivery.entry_id for delivery in self._deliveries.values()}
         taken = 0
@@ -64,6 +81,8 @@ class RecoveryMixin(ChannelState):
                 continue
             credit = self.credit()
             if credit <= 0:
+                # Nothing could be scanned: scan again when credit frees up.
+                self.more_to_reclaim = True
                 break
             start = self._reclaim_cursors.get(target.stream, "0-0")
             try:
@@ -76,7 +95,12 @@ class RecoveryMixin(ChannelState):
                 self._log_broken_key(target.stream, str(exc))
                 continue
             next_start, claimed = reply
-            self._reclaim_cursors[target.stream] = _text(next_start)
+            next_start = _text(next_start)
+            self._reclaim_cursors[target.stream] = next_start
+            if claimed and next_start != "0-0":
+                # The scan found idle entries and stopped before the end of
+                # the pending entries list: more of them are likely left.
+                self.more_to_reclaim = True
             for entry_id, fields, deliveries in zip(
                 claimed[::3], claimed[1::3], claimed[2::3]
             ):
@@ -93,7 +117,8 @@ class RecoveryMixin(ChannelState):
                 )
                 self._buffer.append(Entry(target, entry_id, fields, int(deliveries)))
                 taken += 1
-        self._prune_consumers()
+        if not continuing:
+            self._prune_consumers()
         # A blocking read cannot tell that its streams vanished (FLUSHALL, a
         # restart without persistence): the next fetch checks and repairs.
         self.needs_fetch = True

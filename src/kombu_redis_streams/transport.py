@@ -318,6 +318,12 @@ class Transport(virtual.Transport):
                 continue
             if channel.credit() <= 0:
                 continue  # an ack frees credit; the tick after it reads again
+            if channel.more_to_reclaim:
+                # A dead consumer's entries are left: take the next share.
+                self._reclaim(channel)
+                if channel.buffered():
+                    delivered |= bool(channel.deliver_buffered(limit=1))
+                    continue
             if channel.needs_fetch or channel.last_ids() is None:
                 if channel.fetch():
                     delivered |= bool(channel.deliver_buffered(limit=1))
@@ -383,15 +389,21 @@ class Transport(virtual.Transport):
 
     def _on_reclaim_timer(self) -> None:
         for channel in self._consuming():
-            try:
-                if channel.reclaim():
-                    self._wake()  # the next ticks deliver what was taken over
-            except self.connection_errors as exc:
-                logger.warning(
-                    "The reclaim scan failed (%s); it runs again in %.0f s.",
-                    exc,
-                    self.options.unacked_restore_interval,
-                )
+            if self._reclaim(channel):
+                self._wake()  # the next ticks deliver what was taken over
+
+    def _reclaim(self, channel: StreamsChannel) -> int:
+        """Run a reclaim scan of ``channel``; log a connection failure."""
+        try:
+            return channel.reclaim()
+        except self.connection_errors as exc:
+            channel.more_to_reclaim = False
+            logger.warning(
+                "The reclaim scan failed (%s); it runs again in %.0f s.",
+                exc,
+                self.options.unacked_restore_interval,
+            )
+            return 0
 
     def forget_reader(self, channel: StreamsChannel) -> None:
         """Remove a channel's blocking-read socket from the event loop."""

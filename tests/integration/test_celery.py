@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,10 +32,26 @@ from .celery_harness import (
     WORKER_STOP_TIMEOUT_S,
     Harness,
     drain_until,
+    open_harness,
     wait_for,
 )
 
 pytestmark = pytest.mark.celery
+
+#: Countdown of the ETA tasks a worker holds while it is shut down.
+ETA_DELAY_S = 3.0
+#: Seconds after which an AOF with appendfsync everysec has the last writes.
+AOF_FSYNC_WAIT_S = 1.5
+
+
+def pending_count(port: int, queue: str = "celery") -> int:
+    """Return how many entries of ``queue`` some consumer holds unacked."""
+    with redis.Redis(host="127.0.0.1", port=port) as client:
+        try:
+            reply = client.xpending(f"{{{queue}}}", f"kombu:{queue}")
+        except redis.ResponseError:
+            return 0  # no stream or group yet
+    return int(reply["pending"])
 
 
 # -- pools -----------------------------------------------------------------------------
@@ -402,6 +419,38 @@ def test_warm_shutdown_returns_prefetched(harness: Harness) -> None:
     assert harness.ready_count("celery") == 0
 
 
+def test_warm_shutdown_returns_eta_tasks(
+    harness: Harness, server: EmbeddedServer
+) -> None:
+    tasks = harness.load_app(
+        """
+        app.conf.broker_transport_options = {"visibility_timeout": 3600}
+        """
+    )
+    first = harness.start_worker("--pool=solo", name="w1")
+    sent_at = time.time()
+    results = [tasks.stamp.apply_async(countdown=ETA_DELAY_S) for _ in range(3)]
+
+    # The worker holds ETA tasks unacked until they are due. A warm shutdown
+    # before then must give them back at once, not leave them pending for
+    # the hour of visibility_timeout.
+    held = wait_for(lambda: pending_count(server.port) == 3, RESULT_TIMEOUT_S)
+    first_code = first.stop()
+    ran_in_first = harness.runs()
+    second = harness.start_worker("--pool=solo", name="w2")
+    for result in results:
+        result.get(timeout=RESULT_TIMEOUT_S)
+    second_code = second.stop()
+
+    assert held, first.log()
+    assert ran_in_first == {}
+    assert first_code == 0, first.log()
+    assert harness.runs() == {result.id: 1 for result in results}
+    for result in results:
+        assert harness.ran_at(result.id) >= sent_at + ETA_DELAY_S
+    assert second_code == 0, second.log()
+
+
 # -- SIGKILL of a worker ---------------------------------------------------------------
 
 
@@ -439,6 +488,50 @@ def test_killed_worker_tasks_recovered(harness: Harness) -> None:
     assert "taken over" in second.log()
     assert second_code == 0, second.log()
     assert harness.ready_count("celery") == 0
+
+
+def test_killed_worker_backlog_returns_quickly(
+    harness: Harness, server: EmbeddedServer
+) -> None:
+    tasks = harness.load_app(
+        """
+        app.conf.broker_transport_options = {
+            "visibility_timeout": 1,
+            "unacked_restore_interval": 5,
+        }
+        """
+    )
+    blocker = tasks.hold.delay()
+    results = [tasks.echo.delay(number) for number in range(20)]
+    # The first worker's pool process runs the blocking task while its main
+    # process prefetches the 20 others; then the worker dies with them.
+    first = harness.start_worker(
+        "--pool=prefork", "--concurrency=1", "--prefetch-multiplier=21", name="w1"
+    )
+    held = wait_for(lambda: pending_count(server.port) == 20, RESULT_TIMEOUT_S)
+    first.kill()
+    harness.counts.set("release", 1)
+
+    # The second worker takes one task per scan (its prefetch is 1). Scans
+    # must go on as its acks free credit, not one per interval: that pace
+    # would need 100 s for 20 tasks, longer than the results are waited for.
+    second = harness.start_worker("--pool=solo", "--prefetch-multiplier=1", name="w2")
+    all_ran = wait_for(
+        lambda: all(harness.run_count(result.id) for result in results),
+        RESULT_TIMEOUT_S,
+    )
+    values = [result.get(timeout=RESULT_TIMEOUT_S) for result in results]
+    second_code = second.stop()
+
+    assert held, first.log()
+    assert all_ran, second.log()
+    assert values == list(range(20))
+    runs = harness.runs()
+    assert {task_id: runs[task_id] for task_id in runs if task_id != blocker.id} == {
+        result.id: 1 for result in results
+    }
+    assert runs[blocker.id] == 1
+    assert second_code == 0, second.log()
 
 
 # -- server restart and killed connections ---------------------------------------------
@@ -485,6 +578,66 @@ def test_worker_survives_connection_loss(
     assert ran_after_kill, worker.log()
     # The restart without persistence dropped the count of the first task too.
     assert harness.runs() == {after_restart.id: 1, after_kill.id: 1}
+    assert exit_code == 0, worker.log()
+
+
+def test_worker_keeps_eta_tasks_over_aof_restart(
+    tmp_path: Path, server: EmbeddedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ETA tasks held by a worker survive a kill -9 of a server with an AOF.
+
+    The server loses its clients, so the worker's channel cannot give the
+    held tasks back. They stay pending under the lost consumer and another
+    channel takes them over after ``visibility_timeout``; each runs once.
+    """
+    with (
+        EmbeddedServer(server.binary, appendonly=True) as durable,
+        open_harness(
+            tmp_path,
+            monkeypatch,
+            broker_url=durable.url,
+            backend_url=f"redis://127.0.0.1:{durable.port}/1",
+            counts_url=f"redis://127.0.0.1:{durable.port}/2",
+        ) as harness,
+    ):
+        tasks = harness.load_app(
+            """
+            app.conf.broker_transport_options = {
+                "visibility_timeout": 3,
+                "unacked_restore_interval": 0.5,
+            }
+            """
+        )
+        worker = harness.start_worker("--pool=solo")
+        held = [tasks.echo.apply_async(("eta",), countdown=2) for _ in range(3)]
+        all_held = wait_for(lambda: pending_count(durable.port) == 3, RESULT_TIMEOUT_S)
+        # appendfsync everysec: wait until the AOF has the reads on disk.
+        time.sleep(AOF_FSYNC_WAIT_S)
+
+        durable.restart()
+        after = tasks.echo.delay("after restart")
+        every_id = [result.id for result in held] + [after.id]
+
+        def all_ran() -> bool:
+            try:
+                return all(harness.run_count(task_id) >= 1 for task_id in every_id)
+            except redis.ConnectionError:
+                return False
+
+        ran = wait_for(all_ran, RECONNECT_TIMEOUT_S + 3)
+        # A duplicate would come from the old channel's timers or a second
+        # reclaim; give both time to show.
+        time.sleep(1.0)
+        runs = harness.runs()
+        # Reading the results unsubscribes them from the result backend
+        # while its server still runs.
+        values = [result.get(timeout=RESULT_TIMEOUT_S) for result in [*held, after]]
+        exit_code = worker.stop()
+
+    assert all_held, worker.log()
+    assert ran, worker.log()
+    assert runs == {task_id: 1 for task_id in every_id}, worker.log()
+    assert values == ["eta", "eta", "eta", "after restart"]
     assert exit_code == 0, worker.log()
 
 

@@ -6,6 +6,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import redis
@@ -67,6 +68,37 @@ def test_killed_consumer_entries_reclaimed(
     redelivered = [m for m in received if m.delivery_info.get("redelivered")]
     assert sorted(m.payload["n"] for m in redelivered) == [0, 1, 2, 3]
     assert all(m.headers["x-delivery-count"] == 2 for m in redelivered)
+    assert int(redis_client.xpending("{recover}", "kombu:recover")["pending"]) == 0
+
+
+def test_large_reclaim_not_paced_by_interval(
+    broker_url: str, redis_client: redis.Redis
+) -> None:
+    # A dead consumer held 40 entries and the survivor's prefetch is 4. Each
+    # scan takes at most 4, and the next share is taken as soon as acks free
+    # credit, not one share per unacked_restore_interval (60 s here).
+    with Connection(broker_url) as connection:
+        publish(connection, 40)
+    dead = subprocess.run(
+        [sys.executable, "-c", CONSUME_THEN_DIE, broker_url, "40"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert dead.stdout.strip() == "40"
+
+    options = {"visibility_timeout": 1, "unacked_restore_interval": 60}
+    with Connection(broker_url, transport_options=options) as connection:
+        # The channel's first scan is due one interval after it opens, so
+        # the test starts it once the entries are idle.
+        channel = connection.default_channel
+        channel._next_reclaim = 0.0
+        time.sleep(1.1)
+        received = drain(connection, [QUEUE], timeout=2.0, prefetch=4)
+    numbers = sorted(message.payload["n"] for message in received)
+    assert numbers == list(range(40))
+    assert all(m.headers["x-delivery-count"] == 2 for m in received)
     assert int(redis_client.xpending("{recover}", "kombu:recover")["pending"]) == 0
 
 
