@@ -11,7 +11,12 @@ from __future__ import annotations
 from kombu.transport import TRANSPORT_ALIASES
 
 from .channel import Channel
-from .errors import QueueFullError, StaleRoutingError, UnsupportedServerError
+from .errors import (
+    MessageTooLargeError,
+    QueueFullError,
+    StaleRoutingError,
+    UnsupportedServerError,
+)
 from .transport import TLSTransport, Transport
 
 __version__ = "0.1.0"
@@ -28,6 +33,7 @@ for _scheme, _path in SCHEMES.items():
 
 __all__ = [
     "Channel",
+    "MessageTooLargeError",
     "QueueFullError",
     "StaleRoutingError",
     "TLSTransport",

@@ -22,6 +22,10 @@ class QueueFullError(ChannelError):
     """A publish rejected because a stream has ``stream_maxlen`` entries."""
 
 
+class MessageTooLargeError(ChannelError):
+    """A publish rejected because a field exceeds the server's bulk size limit."""
+
+
 class StaleRoutingError(ChannelError):
     """The routing tables kept changing while a message was being published."""
 

@@ -11,7 +11,7 @@ from kombu.transport.virtual.exchange import FanoutExchange
 from redis import exceptions as redis_errors
 
 from . import envelope
-from .errors import QueueFullError, StaleRoutingError
+from .errors import MessageTooLargeError, QueueFullError, StaleRoutingError
 from .keys import clamp_priority, priority_step
 from .routing import as_text as _text
 
@@ -164,9 +164,31 @@ class PublishMixin(ChannelState):
         if expiration is not None:
             envelope.set_deadline(message, expiration)
         body, meta = envelope.encode(message)
+        self._check_size(body, meta)
         priority = clamp_priority(message["properties"].get("priority"))
         step = priority_step(priority, self.options.priority_steps)
         return Publication(exchange, routing_key, step, body, meta)
+
+    def _check_size(self, body: bytes | str, meta: str) -> None:
+        """Raise MessageTooLargeError for a field the server would refuse.
+
+        A larger string makes the server close the connection, which reads
+        as a lost connection and makes kombu retry the same publish.
+        """
+        limit = self.connection.max_bulk_bytes
+        # A character takes at most 4 bytes in UTF-8, so most text skips
+        # the encoding here.
+        for name, value in (("body", body), ("headers and properties", meta)):
+            size = len(value)
+            if isinstance(value, str) and size * 4 > limit:
+                size = len(value.encode("utf-8"))
+            if size > limit:
+                raise MessageTooLargeError(
+                    f"The message {name} takes {size} bytes, more than the "
+                    f"server's proto-max-bulk-len of {limit} bytes, so it was not "
+                    "published. Store large payloads elsewhere and send a "
+                    "reference, or raise proto-max-bulk-len on the server."
+                )
 
     def publish_call(self, publication: Publication) -> Call | None:
         """Route with the cached tables and return the publish script call.
@@ -262,6 +284,7 @@ class PublishMixin(ChannelState):
         # kombu's virtual layer declares this hook; basic_publish routes and
         # appends itself, with the routing version check.
         body, meta = envelope.encode(message)
+        self._check_size(body, meta)
         priority = clamp_priority(message["properties"].get("priority"))
         stream = self.keys.queue_stream(
             queue, priority_step(priority, self.options.priority_steps)

@@ -39,6 +39,9 @@ DEFAULT_HEALTH_SLACK_S = 25.0
 #: Seconds a wait outlasts the blocking read, for its empty reply to arrive.
 REPLY_SLACK_S = 0.25
 
+#: Redis's default proto-max-bulk-len (512 MiB): the largest string it accepts.
+DEFAULT_MAX_BULK_BYTES = 512 * 1024 * 1024
+
 
 class Transport(virtual.Transport):
     """Kombu transport on Redis Streams, a drop-in for kombu's ``redis``."""
@@ -77,6 +80,8 @@ class Transport(virtual.Transport):
         self._client: redis.Redis | None = None
         self._scripts: Scripts | None = None
         self._server: str | None = None
+        #: The server's proto-max-bulk-len, read by check_server.
+        self.max_bulk_bytes = DEFAULT_MAX_BULK_BYTES
         self._lock = threading.Lock()
         self._loop: Any = None
         self._timers: list[Any] = []
@@ -130,7 +135,17 @@ class Transport(virtual.Transport):
         info = self.redis_client.info("server")
         self._server = check_server_version(info)
         self._warn_about_eviction()
+        self.max_bulk_bytes = self._read_max_bulk_bytes()
         logger.debug("Connected to %s.", self._server)
+
+    def _read_max_bulk_bytes(self) -> int:
+        try:
+            value = self.redis_client.config_get("proto-max-bulk-len").get(
+                "proto-max-bulk-len"
+            )
+            return int(value) if value else DEFAULT_MAX_BULK_BYTES
+        except (redis.ResponseError, ValueError):
+            return DEFAULT_MAX_BULK_BYTES  # CONFIG disabled: assume the default
 
     def _warn_about_eviction(self) -> None:
         try:

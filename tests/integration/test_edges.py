@@ -9,7 +9,7 @@ import pytest
 import redis
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
-from kombu_redis_streams import UnsupportedServerError
+from kombu_redis_streams import MessageTooLargeError, UnsupportedServerError
 from kombu_redis_streams.embedded import EmbeddedServer
 
 from .helpers import bodies, drain
@@ -117,3 +117,23 @@ def test_old_server_refused_at_connect(
         Connection(broker_url).connect()
     assert "Redis 6.0.16 is not supported" in str(error.value)
     assert "6.2.0 or newer" in str(error.value)
+
+
+def test_oversize_message_refused_clearly(server: EmbeddedServer) -> None:
+    # Past proto-max-bulk-len the server drops the connection, which kombu
+    # would take for a network failure and retry. The transport refuses the
+    # message itself, with the sizes in the error, and writes nothing.
+    limited = EmbeddedServer(server.binary, extra_args=("--proto-max-bulk-len", "1mb"))
+    with limited, Connection(limited.url) as connection:
+        simple = connection.SimpleQueue("big")
+        with pytest.raises(MessageTooLargeError) as info:
+            simple.put(b"x" * (2 * 1024 * 1024), serializer="raw")
+        simple.put({"small": True})
+        message = simple.get(timeout=1)
+        message.ack()
+        left = simple.qsize()
+        simple.close()
+    assert "proto-max-bulk-len of 1048576 bytes" in str(info.value)
+    assert "2097152 bytes" in str(info.value)
+    assert message.payload == {"small": True}
+    assert left == 0
