@@ -6,11 +6,14 @@ live consumers renew their entries) and ``body_encoding`` (None: the body is
 stored as bytes). The ones that only make sense for lists (the ``unacked_*`` hash
 and lock, PUB/SUB prefixes) are accepted and ignored, as listed in
 ``IGNORED_OPTIONS``. Unknown keys are ignored, as kombu does, because Celery
-passes its own keys through ``broker_transport_options``.
+passes its own keys through ``broker_transport_options``; one that looks like
+a misspelled option name is logged with the name it resembles.
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
 import math
 import numbers
 from collections.abc import Callable, Mapping
@@ -18,6 +21,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from kombu.utils.scheduling import CYCLE_ALIASES
+
+logger = logging.getLogger(__name__)
 
 #: Options of kombu's redis transport that this transport accepts and ignores,
 #: with the reason.
@@ -221,6 +226,7 @@ class TransportOptions:
                     f"Invalid transport option {spec.name}={value!r}: expected {exc}."
                 ) from None
         ignored = {name: options[name] for name in IGNORED_OPTIONS if name in options}
+        _warn_about_misspellings(options)
         return cls(ignored=ignored, **values)
 
     @property
@@ -256,3 +262,20 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "health_check_interval": _non_negative_number,
     "client_name": _optional_string,
 }
+
+
+def _warn_about_misspellings(options: Mapping[str, Any]) -> None:
+    """Log unknown option names that closely resemble a known one."""
+    known = [*_VALIDATORS, *IGNORED_OPTIONS]
+    for name in options:
+        if not isinstance(name, str) or name in _VALIDATORS or name in IGNORED_OPTIONS:
+            continue
+        matches = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+        if matches:
+            logger.warning(
+                "Unknown transport option %r is ignored, so %r keeps its "
+                "default. Rename it if it was meant to set %r.",
+                name,
+                matches[0],
+                matches[0],
+            )

@@ -80,3 +80,18 @@ def test_invalid_value_names_option(name: str, value: object, allowed: str) -> N
     assert name in message
     assert repr(value) in message
     assert allowed in message
+
+
+def test_misspelled_option_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    options = TransportOptions.from_mapping({"visiblity_timeout": 10})
+    assert options.visibility_timeout == 300.0
+    assert "'visiblity_timeout'" in caplog.text
+    assert "'visibility_timeout'" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["max_retries", "interval_start", "master_name"])
+def test_unrelated_unknown_option_is_quiet(
+    name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    TransportOptions.from_mapping({name: 3})
+    assert caplog.text == ""
