@@ -19,6 +19,8 @@ from kombu_redis_streams.cli import demo as demo_module
 from kombu_redis_streams.cli import main
 from kombu_redis_streams.embedded import EmbeddedServer, free_port, valkey_binary
 
+from .helpers import drain
+
 TASKS = Queue("tasks", Exchange("tasks", "direct"), "tasks")
 EVENTS = Queue("events", Exchange("broadcast", "fanout"))
 
@@ -443,3 +445,50 @@ def test_wrong_password_exits_2() -> None:
     assert "rejected the credentials" in result.stderr
     assert "wrong-secret" not in result.output
     assert "right-secret" not in result.output
+
+
+def test_requeue_dead_delivers_once_more(
+    broker_url: str, redis_client: redis.Redis
+) -> None:
+    # Three messages rejected into the dead-letter stream, plus one entry
+    # without a meta field, which cannot go back.
+    queue = Queue("retry", Exchange("retry", "direct"), "retry")
+    options = {"dead_letter_rejected": True}
+    with Connection(broker_url, transport_options=options) as connection:
+        producer = Producer(connection.channel())
+        for number in range(3):
+            producer.publish(
+                {"n": number},
+                exchange=queue.exchange,
+                routing_key="retry",
+                declare=[queue],
+            )
+        rejected = drain(connection, [queue], ack=False, timeout=0.5)
+        for message in rejected:
+            message.reject()
+    junk_id = redis_client.xadd("{retry}:dead", {"body": b"junk"}).decode()
+    listing = invoke_json("dead", "retry", "--url", broker_url)
+    first_id = listing["entries"][0]["entry_id"]
+
+    one = invoke_json("requeue-dead", "retry", "--id", first_id, "--url", broker_url)
+    rest = invoke("requeue-dead", "retry", "--url", broker_url)
+    again = invoke_json("requeue-dead", "retry", "--id", first_id, "--url", broker_url)
+    bad_id = invoke("requeue-dead", "retry", "--id", "latest", "--url", broker_url)
+    with Connection(broker_url, transport_options=options) as connection:
+        delivered = drain(connection, [queue], timeout=0.5)
+
+    assert len(rejected) == 3
+    assert [entry["dead_entry_id"] for entry in one["requeued"]] == [first_id]
+    assert rest.exit_code == 0, rest.output
+    assert "Requeued 2 dead-lettered entries of queue 'retry'; 1 left" in rest.stdout
+    assert f"Entry {junk_id} was left: it has no body or no meta field" in rest.stdout
+    assert again["requeued"] == []
+    assert again["left"][0]["reason"] == "no such dead-letter entry"
+    assert bad_id.exit_code == 2
+    assert "'latest' is not a stream entry ID" in bad_id.output
+    assert sorted(message.payload["n"] for message in delivered) == [0, 1, 2]
+    assert all("x-delivery-count" not in message.headers for message in delivered)
+    assert not any(message.delivery_info.get("redelivered") for message in delivered)
+    assert [entry_id for entry_id, _ in redis_client.xrange("{retry}:dead")] == [
+        junk_id.encode()
+    ]

@@ -1,4 +1,5 @@
-"""The ``kombu-streams`` command: a self-checking demo and read-only inspection.
+"""The ``kombu-streams`` command: a self-checking demo, inspection, and a way
+to put dead-lettered entries back on their queue.
 
 A subcommand that cannot do its work (server unreachable, invalid URL, a key of
 the wrong type) prints one error line and exits with code 2. The demo exits
@@ -16,7 +17,7 @@ from .. import __version__
 
 # Modules, not names: importing the command ``demo`` here would hide the
 # module ``cli.demo`` behind it.
-from . import demo_command, inspect_commands
+from . import demo_command, inspect_commands, requeue_command
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -31,7 +32,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 )
 @click.version_option(__version__, prog_name="kombu-streams")
 def main(log_level: str) -> None:
-    """Run a demo of the Redis Streams transport, or inspect its queues."""
+    """Run a demo of the Redis Streams transport, inspect its queues, or requeue
+    dead-lettered entries."""
     logging.basicConfig(
         level=log_level.upper(),
         format="%(levelname)s %(name)s: %(message)s",
@@ -43,5 +45,6 @@ main.add_command(inspect_commands.queues)
 main.add_command(inspect_commands.consumers)
 main.add_command(inspect_commands.pending)
 main.add_command(inspect_commands.dead)
+main.add_command(requeue_command.requeue_dead)
 
 __all__ = ["main"]
