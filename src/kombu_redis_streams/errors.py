@@ -7,6 +7,7 @@ kombu's redis transport, so Celery reacts to a failing server the same way.
 
 from __future__ import annotations
 
+import re
 import socket
 
 from kombu.exceptions import ChannelError, KombuError
@@ -88,3 +89,19 @@ def check_server_version(info: dict[str, object]) -> str:
             "Upgrade the server, or use kombu's redis transport with it."
         )
     return f"{name} {found}"
+
+
+#: Where a script ran, as Redis 7 and Valkey append it to an error from a
+#: command inside the script: " script: SHA, on @user_script:LINE."
+_SCRIPT_LOCATION = re.compile(
+    r"\s*script:\s*(?:[0-9a-f]{40},\s*)?on @user_script:\d+\.?$"
+)
+
+
+def server_error_text(exc: BaseException) -> str:
+    """Return a server error's message without the location in a Lua script.
+
+    The script's SHA and line number mean nothing to the reader of the
+    message; the command's own error says what is wrong.
+    """
+    return _SCRIPT_LOCATION.sub("", str(exc))

@@ -11,7 +11,12 @@ from kombu.transport.virtual.exchange import FanoutExchange
 from redis import exceptions as redis_errors
 
 from . import envelope
-from .errors import MessageTooLargeError, QueueFullError, StaleRoutingError
+from .errors import (
+    MessageTooLargeError,
+    QueueFullError,
+    StaleRoutingError,
+    server_error_text,
+)
 from .keys import clamp_priority, priority_step
 from .routing import as_text as _text
 
@@ -236,7 +241,8 @@ class PublishMixin(ChannelState):
             return exc
         names = ", ".join(repr(stream) for stream in call[1][1:])
         error: Exception = ChannelError(
-            f"Cannot publish to {names}: a key is not a stream ({exc}). "
+            f"Cannot publish to {names}: a key is not a stream "
+            f"({server_error_text(exc)}). "
             "Delete or rename the key, or set global_keyprefix to keep "
             "this transport's keys apart."
         )

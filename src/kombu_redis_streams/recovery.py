@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from redis import exceptions as redis_errors
 
 from .acks import FLUSH_DELAY_S
+from .errors import server_error_text
 from .plan import FANOUT_MODE, Entry, ReadTarget
 from .routing import as_text as _text
 
@@ -92,7 +93,7 @@ class RecoveryMixin(ChannelState):
                     client=self.client,
                 )
             except redis_errors.ResponseError as exc:
-                self._log_broken_key(target.stream, str(exc))
+                self._log_broken_key(target.stream, server_error_text(exc))
                 continue
             next_start, claimed = reply
             next_start = _text(next_start)
