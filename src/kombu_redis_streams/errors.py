@@ -48,7 +48,7 @@ CHANNEL_ERRORS: tuple[type[BaseException], ...] = (
     redis_errors.ResponseError,
 )
 
-#: The oldest servers that have every command the transport sends: XAUTOCLAIM
+#: The oldest servers that have every command the transport sends: XPENDING IDLE
 #: and XTRIM MINID came in Redis 6.2; Valkey began at 7.2.
 MIN_REDIS_VERSION = (6, 2, 0)
 MIN_VALKEY_VERSION = (7, 2, 0)

@@ -30,8 +30,8 @@ IGNORED_OPTIONS: dict[str, str] = {
     "ack_emulation": "acks are native: the pending entries list records them",
     "unacked_key": "the pending entries list replaces the unacked hash",
     "unacked_index_key": "the pending entries list records delivery times",
-    "unacked_mutex_key": "XAUTOCLAIM is atomic, so no lock is needed",
-    "unacked_mutex_expire": "XAUTOCLAIM is atomic, so no lock is needed",
+    "unacked_mutex_key": "the reclaim script is atomic, so no lock is needed",
+    "unacked_mutex_expire": "the reclaim script is atomic, so no lock is needed",
     "unacked_restore_limit": "each reclaim scan takes at most the prefetch credit",
     "unacked_restore_throttle": "every reclaim scan runs; they are cheap",
     "fanout_prefix": "fanout uses streams, not PUB/SUB channels",
@@ -152,10 +152,11 @@ class TransportOptions:
     """Validated transport options, with kombu's names and defaults."""
 
     #: Seconds an entry may stay idle in the pending entries list before
-    #: XAUTOCLAIM hands it to another consumer. A live consumer touches its
+    #: a reclaim scan hands it to another consumer. A live consumer touches its
     #: entries several times per timeout, so only a dead one loses them.
     visibility_timeout: float = 300.0
-    #: Seconds between two reclaim scans (XAUTOCLAIM) of a consuming channel.
+    #: Seconds between two reclaim scans (XPENDING IDLE, XCLAIM) of a consuming
+    #: channel.
     unacked_restore_interval: float = 10.0
     #: Seconds between two sweeps for state left by queues that are gone:
     #: bindings of expired queues and fanout groups of deleted queues.
@@ -264,14 +265,22 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+#: Unknown option names already logged: every connection validates the
+#: options again, and one warning per process is enough.
+_warned_names: set[str] = set()
+
+
 def _warn_about_misspellings(options: Mapping[str, Any]) -> None:
-    """Log unknown option names that closely resemble a known one."""
+    """Log unknown option names that closely resemble a known one, once each."""
     known = [*_VALIDATORS, *IGNORED_OPTIONS]
     for name in options:
         if not isinstance(name, str) or name in _VALIDATORS or name in IGNORED_OPTIONS:
             continue
-        matches = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+        if name in _warned_names:
+            continue
+        matches = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
         if matches:
+            _warned_names.add(name)
             logger.warning(
                 "Unknown transport option %r is ignored, so %r keeps its "
                 "default. Rename it if it was meant to set %r.",

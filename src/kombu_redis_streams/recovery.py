@@ -98,9 +98,9 @@ class RecoveryMixin(ChannelState):
             next_start, claimed = reply
             next_start = _text(next_start)
             self._reclaim_cursors[target.stream] = next_start
-            if claimed and next_start != "0-0":
-                # The scan found idle entries and stopped before the end of
-                # the pending entries list: more of them are likely left.
+            if next_start != "0-0":
+                # The scan stopped at the credit before the end of the pending
+                # entries list: the rest is taken as acks free credit.
                 self.more_to_reclaim = True
             for entry_id, fields, deliveries in zip(
                 claimed[::3], claimed[1::3], claimed[2::3]

@@ -102,6 +102,37 @@ def test_large_reclaim_not_paced_by_interval(
     assert int(redis_client.xpending("{recover}", "kombu:recover")["pending"]) == 0
 
 
+def test_reclaim_walks_past_live_entries(
+    broker_url: str, redis_client: redis.Redis
+) -> None:
+    # A live consumer holds the first 30 entries and a dead one the next 10.
+    # With a prefetch of 1, each scan may take one entry, and the live run
+    # in front must not end the scan: the dead entries come back one after
+    # the other, not one per interval (60 s here).
+    options = {"visibility_timeout": 1, "unacked_restore_interval": 60}
+    with Connection(broker_url, transport_options=options) as live:
+        publish(live, 40)
+        held = drain(live, [QUEUE], ack=False, limit=30, prefetch=30)
+        dead = subprocess.run(
+            [sys.executable, "-c", CONSUME_THEN_DIE, broker_url, "10"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        with Connection(broker_url, transport_options=options) as survivor:
+            survivor.default_channel._next_reclaim = 0.0  # first scan at once
+            time.sleep(1.1)
+            received = drain(survivor, [QUEUE], timeout=2.0, prefetch=1)
+        for message in held:
+            message.ack()
+
+    assert len(held) == 30
+    assert dead.stdout.strip() == "10"
+    assert sorted(message.payload["n"] for message in received) == list(range(30, 40))
+    assert int(redis_client.xpending("{recover}", "kombu:recover")["pending"]) == 0
+
+
 def test_live_consumer_keeps_held_entries(broker_url: str) -> None:
     options = {"visibility_timeout": 1, "unacked_restore_interval": 0.2}
     with (

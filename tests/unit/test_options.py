@@ -89,6 +89,13 @@ def test_misspelled_option_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     assert "'visibility_timeout'" in caplog.text
 
 
+def test_misspelling_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    TransportOptions.from_mapping({"max_delivery": 3})
+    TransportOptions.from_mapping({"max_delivery": 3})
+    assert caplog.text.count("'max_delivery'") == 1
+    assert "'max_deliveries'" in caplog.text
+
+
 @pytest.mark.parametrize("name", ["max_retries", "interval_start", "master_name"])
 def test_unrelated_unknown_option_is_quiet(
     name: str, caplog: pytest.LogCaptureFixture

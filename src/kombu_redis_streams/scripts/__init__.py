@@ -18,6 +18,7 @@ _NEEDS_COMMON = {
     "purge",
     "trim",
     "prune",
+    "reclaim",
 }
 
 NAMES = (
