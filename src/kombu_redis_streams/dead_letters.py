@@ -19,6 +19,7 @@ import redis
 from kombu.utils.json import dumps, loads
 
 from . import envelope
+from .errors import server_error_text
 from .keys import KeySpace
 from .routing import as_text
 from .scripts import source
@@ -54,17 +55,22 @@ def requeue_dead_letters(
     client: redis.Redis,
     keys: KeySpace,
     queue: str,
+    targets: Sequence[str],
     entry_ids: Sequence[str] = (),
     limit: int | None = None,
 ) -> RequeueResult:
     """Move dead-lettered entries of ``queue`` back to the queue.
 
     Args:
+        targets: the queue's streams that its consumer group reads, in
+            priority order. An entry goes back to the one it came from, or to
+            the first when it came from a fanout stream or from a stream
+            that no consumer reads.
         entry_ids: the dead-letter entries to move; none means the oldest
             ``limit`` entries, or all of them when ``limit`` is None.
 
     Raises:
-        redis.ResponseError: a key has the wrong type.
+        redis.ResponseError: the dead-letter stream has the wrong type.
     """
     dead_stream = keys.dead_letter_stream(queue)
     if entry_ids:
@@ -86,9 +92,18 @@ def requeue_dead_letters(
         if isinstance(prepared, str):
             result.left.append(NotRequeued(dead_id, prepared))
             continue
+        if not targets:
+            reason = "no stream of the queue is read by its consumer group"
+            result.left.append(NotRequeued(dead_id, reason))
+            continue
         body, meta = prepared
-        stream = _source_stream(keys, queue, fields)
-        new_id = script(keys=[dead_stream, stream], args=[dead_id, body, meta])
+        stream = _source_stream(fields, targets)
+        try:
+            new_id = script(keys=[dead_stream, stream], args=[dead_id, body, meta])
+        except redis.ResponseError as exc:
+            reason = f"writing to {stream!r} failed ({server_error_text(exc)})"
+            result.left.append(NotRequeued(dead_id, reason))
+            continue
         if not new_id:
             reason = "already requeued or deleted by another client"
             result.left.append(NotRequeued(dead_id, reason))
@@ -119,17 +134,13 @@ def _prepare(fields: dict[str, Any]) -> tuple[bytes, str] | str:
     return body, dumps(meta)
 
 
-def _source_stream(keys: KeySpace, queue: str, fields: dict[str, Any]) -> str:
-    """Return the queue stream the entry was read from.
+def _source_stream(fields: dict[str, Any], targets: Sequence[str]) -> str:
+    """Return the stream an entry goes back to: its source if it is a target.
 
     The ``x-dead-letter-source`` field is "stream entry-ID". A message read
-    from a fanout stream goes to the queue's own first stream, because writing
-    it to the fanout stream would deliver it to every bound queue again.
+    from a fanout stream goes to the queue's first stream, because writing it
+    to the fanout stream would deliver it to every bound queue again.
     """
     source_field = as_text(fields.get("x-dead-letter-source", b""))
     stream = source_field.rpartition(" ")[0]
-    own = keys.queue_stream(queue)
-    if stream == own or stream.startswith(own + ":"):
-        if stream != keys.dead_letter_stream(queue):
-            return stream
-    return own
+    return stream if stream in targets else targets[0]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 import redis
 from kombu import Connection
 
+from .dead_letters import RequeueResult, requeue_dead_letters
 from .keys import NAMESPACE, KeySpace
 
 logger = logging.getLogger(__name__)
@@ -424,6 +425,29 @@ class Inspector:
             _dead_letter(_text(entry_id), fields) for entry_id, fields in replies
         ]
         return DeadLetterListing(queue, entries, total)
+
+    def requeue_dead_letters(
+        self, queue: str, entry_ids: Sequence[str] = (), limit: int | None = None
+    ) -> RequeueResult:
+        """Move dead-lettered entries of a queue back to its streams.
+
+        The only method here that writes; see :mod:`~kombu_redis_streams.dead_letters`.
+
+        Raises:
+            InspectError: as :meth:`queue_summary`.
+        """
+        group = self.keys.group(queue)
+        with self.server_errors():
+            streams, _ = self._queue_streams(queue)
+            targets = [
+                stream.key
+                for stream in streams
+                if stream.step is not None
+                and self._group_info(stream.key, group) is not None
+            ]
+            return requeue_dead_letters(
+                self.client, self.keys, queue, targets, entry_ids, limit
+            )
 
     # -- keys ----------------------------------------------------------------------
 

@@ -183,13 +183,14 @@ class PublishMixin(ChannelState):
         limit = self.connection.max_bulk_bytes
         # A character takes at most 4 bytes in UTF-8, so most text skips
         # the encoding here.
-        for name, value in (("body", body), ("headers and properties", meta)):
+        parts = (("body", body), ("JSON of the headers and properties", meta))
+        for name, value in parts:
             size = len(value)
             if isinstance(value, str) and size * 4 > limit:
                 size = len(value.encode("utf-8"))
             if size > limit:
                 raise MessageTooLargeError(
-                    f"The message {name} takes {size} bytes, more than the "
+                    f"The {name} of the message is {size} bytes, more than the "
                     f"server's proto-max-bulk-len of {limit} bytes, so it was not "
                     "published. Store large payloads elsewhere and send a "
                     "reference, or raise proto-max-bulk-len on the server."

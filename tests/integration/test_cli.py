@@ -492,3 +492,33 @@ def test_requeue_dead_delivers_once_more(
     assert [entry_id for entry_id, _ in redis_client.xrange("{retry}:dead")] == [
         junk_id.encode()
     ]
+
+
+def test_requeue_dead_targets_read_streams(
+    broker_url: str, redis_client: redis.Redis
+) -> None:
+    # A source that no consumer reads (a removed priority step, or garbage)
+    # must not swallow the message: it goes to the queue's first stream.
+    queue = Queue("steps", Exchange("steps", "direct"), "steps")
+    with Connection(broker_url) as connection:
+        queue(connection.channel()).declare()
+    meta = json.dumps({"headers": {}, "properties": {"delivery_info": {}}})
+    for source in ("{steps}:4 1-0", "{steps}:bogus 1-0"):
+        redis_client.xadd(
+            "{steps}:dead",
+            {"body": b'"again"', "meta": meta, "x-dead-letter-source": source},
+        )
+
+    moved = invoke_json("requeue-dead", "steps", "--url", broker_url)
+    missing = invoke("requeue-dead", "nosuchqueue", "--url", broker_url)
+    both = invoke(
+        "requeue-dead", "steps", "--id", "1-0", "--limit", "1", "--url", broker_url
+    )
+
+    assert [entry["stream"] for entry in moved["requeued"]] == ["{steps}", "{steps}"]
+    assert redis_client.xlen("{steps}") == 2
+    assert redis_client.exists("{steps}:4", "{steps}:bogus") == 0
+    assert missing.exit_code == 2
+    assert "Queue 'nosuchqueue' was not found" in missing.output
+    assert both.exit_code == 2
+    assert "Pass either --id or --limit, not both." in both.output

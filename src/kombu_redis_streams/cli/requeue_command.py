@@ -10,7 +10,6 @@ import re
 
 import click
 
-from ..dead_letters import requeue_dead_letters
 from .common import make_console
 from .inspect_commands import open_inspector, print_json, server_options
 
@@ -62,11 +61,12 @@ def requeue_dead(
     count reset, and leaves the dead-letter stream in the same step. Entries
     that cannot be decoded stay, and the reason is printed.
     """
+    if not queue:
+        raise click.BadParameter("the queue name is empty.", param_hint="QUEUE")
+    if entry_ids and limit is not None:
+        raise click.UsageError("Pass either --id or --limit, not both.")
     with open_inspector(url, prefix, group_prefix) as inspector:
-        with inspector.server_errors():
-            result = requeue_dead_letters(
-                inspector.client, inspector.keys, queue, entry_ids, limit
-            )
+        result = inspector.requeue_dead_letters(queue, entry_ids, limit)
     if as_json:
         print_json(result)
         return
