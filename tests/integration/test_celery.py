@@ -10,6 +10,7 @@ database 1 of the same server.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -486,6 +487,40 @@ def test_killed_worker_tasks_recovered(harness: Harness) -> None:
     assert finished_before_kill == []
     assert harness.runs() == expected
     assert "taken over" in second.log()
+    assert second_code == 0, second.log()
+    assert harness.ready_count("celery") == 0
+
+
+def test_cold_shutdown_tasks_recovered(harness: Harness) -> None:
+    tasks = harness.load_app(
+        """
+        app.conf.broker_transport_options = {
+            "visibility_timeout": 3,
+            "unacked_restore_interval": 0.5,
+        }
+        """
+    )
+    results = [tasks.pause_late.delay(2) for _ in range(4)]
+    first = harness.start_worker(
+        "--pool=prefork", "--concurrency=2", name="w1", wait_ready=False
+    )
+
+    # SIGQUIT is Celery's cold shutdown: the pool processes are terminated
+    # mid-task and the worker exits without waiting for them.
+    two_started = wait_for(lambda: len(harness.runs()) == 2, RESULT_TIMEOUT_S)
+    first.process.send_signal(signal.SIGQUIT)
+    first_code = first.process.wait(timeout=WORKER_STOP_TIMEOUT_S)
+    in_flight = set(harness.runs())
+    second = harness.start_worker("--pool=prefork", "--concurrency=4", name="w2")
+    for result in results:
+        result.get(timeout=RESULT_TIMEOUT_S)
+    second_code = second.stop()
+
+    # The interrupted acks_late tasks run again, the prefetched ones once.
+    expected = {result.id: 2 if result.id in in_flight else 1 for result in results}
+    assert two_started, first.log()
+    assert first_code is not None
+    assert harness.runs() == expected
     assert second_code == 0, second.log()
     assert harness.ready_count("celery") == 0
 
