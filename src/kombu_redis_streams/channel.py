@@ -89,6 +89,8 @@ class Channel(PublishMixin, SettlementMixin, RecoveryMixin, virtual.Channel):
         self._next_reclaim = monotonic() + self.options.unacked_restore_interval
         #: True while the last reclaim scan stopped with entries left to take.
         self.more_to_reclaim = False
+        #: Streams whose reclaim scan stopped before the end, to go on with.
+        self._reclaim_resume: set[str] = set()
         self._tags = count(1)
         self._broken_keys: dict[str, float] = {}
         self.needs_fetch = True

@@ -29,6 +29,7 @@ class RecoveryMixin(ChannelState):
     _acks: Any
     _next_expired_sweep: float
     _next_reclaim: float
+    _reclaim_resume: set[str]
     more_to_reclaim: bool
     queue_delete: Any
     _has_queue: Any
@@ -71,6 +72,9 @@ class RecoveryMixin(ChannelState):
             The number of entries taken over and buffered for delivery.
         """
         continuing = self.more_to_reclaim
+        # A continued scan visits only the streams the last one left unfinished.
+        resume = self._reclaim_resume if continuing else None
+        self._reclaim_resume = set()
         self.more_to_reclaim = False
         if not continuing:
             self._next_reclaim = monotonic() + self.options.unacked_restore_interval
@@ -78,13 +82,14 @@ class RecoveryMixin(ChannelState):
         held = {delivery.entry_id for delivery in self._deliveries.values()}
         taken = 0
         for target in self.plan():
-            if target.no_ack:
+            if target.no_ack or (resume is not None and target.stream not in resume):
                 continue
             credit = self.credit()
             if credit <= 0:
                 # Nothing could be scanned: scan again when credit frees up.
+                self._reclaim_resume.add(target.stream)
                 self.more_to_reclaim = True
-                break
+                continue
             start = self._reclaim_cursors.get(target.stream, "0-0")
             try:
                 reply = self.scripts.reclaim(
@@ -101,6 +106,7 @@ class RecoveryMixin(ChannelState):
             if next_start != "0-0":
                 # The scan stopped at the credit before the end of the pending
                 # entries list: the rest is taken as acks free credit.
+                self._reclaim_resume.add(target.stream)
                 self.more_to_reclaim = True
             for entry_id, fields, deliveries in zip(
                 claimed[::3], claimed[1::3], claimed[2::3]
