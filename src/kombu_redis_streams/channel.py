@@ -87,10 +87,8 @@ class Channel(PublishMixin, SettlementMixin, RecoveryMixin, virtual.Channel):
         self._streams_read: set[tuple[str, str]] = set()
         self._reclaim_cursors: dict[str, str] = {}
         self._next_reclaim = monotonic() + self.options.unacked_restore_interval
-        #: True while the last reclaim scan stopped with entries left to take.
-        self.more_to_reclaim = False
         #: Streams whose reclaim scan stopped before the end, to go on with.
-        self._reclaim_resume: set[str] = set()
+        self.reclaim_resume: set[str] = set()
         self._tags = count(1)
         self._broken_keys: dict[str, float] = {}
         self.needs_fetch = True
@@ -345,8 +343,13 @@ class Channel(PublishMixin, SettlementMixin, RecoveryMixin, virtual.Channel):
                 dict.fromkeys(self._queue_cycle.consume(len(self._active_queues)))
             )
             self._plan = self._targets_for(queues, self._no_ack_queues)
-            if any(target.expire_ms for target in self._plan):
-                # Queue TTLs are refreshed by the lease thread from now on.
+            if any(
+                target.expire_ms and target.stream not in self._next_expiry_refresh
+                for target in self._plan
+            ):
+                # A new queue with a TTL: the lease thread refreshes it from now
+                # on. Known ones are scheduled already, and the plan is rebuilt
+                # per message when a channel consumes several queues.
                 self.connection.leases.wake()
             streams = {target.stream for target in self._plan}
             if self._last_ids is not None and set(self._last_ids) != streams:

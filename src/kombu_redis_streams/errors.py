@@ -91,8 +91,8 @@ def check_server_version(info: dict[str, object]) -> str:
     return f"{name} {found}"
 
 
-#: Where a script ran, as Redis 7 and Valkey append it to an error from a
-#: command inside the script: " script: SHA, on @user_script:LINE."
+#: Pattern of the script location that Redis 7 and Valkey append to an error
+#: from a command inside a script: " script: SHA, on @user_script:LINE."
 _SCRIPT_LOCATION = re.compile(
     r"\s*script:\s*(?:[0-9a-f]{40},\s*)?on @user_script:\d+\.?$"
 )
@@ -102,6 +102,6 @@ def server_error_text(exc: BaseException) -> str:
     """Return a server error's message without the location in a Lua script.
 
     The script's SHA and line number mean nothing to the reader of the
-    message; the command's own error says what is wrong.
+    message, and the command's own error states what is wrong.
     """
     return _SCRIPT_LOCATION.sub("", str(exc))

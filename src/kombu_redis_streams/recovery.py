@@ -29,8 +29,7 @@ class RecoveryMixin(ChannelState):
     _acks: Any
     _next_expired_sweep: float
     _next_reclaim: float
-    _reclaim_resume: set[str]
-    more_to_reclaim: bool
+    reclaim_resume: set[str]
     queue_delete: Any
     _has_queue: Any
     _log_broken_key: Any
@@ -51,7 +50,7 @@ class RecoveryMixin(ChannelState):
         That is once per ``unacked_restore_interval``, and as soon as the
         channel has credit again after a scan that left entries behind.
         """
-        if self.more_to_reclaim and self.credit() > 0:
+        if self.reclaim_resume and self.credit() > 0:
             return True
         return monotonic() >= self._next_reclaim
 
@@ -63,19 +62,19 @@ class RecoveryMixin(ChannelState):
         still has are skipped here as a second guard.
 
         One scan takes at most the channel's prefetch credit. When it stops
-        with more idle entries left, :attr:`more_to_reclaim` is set, and the
-        scan goes on from where it stopped once acks free credit. A dead
+        with more idle entries left, the stream goes into
+        :attr:`reclaim_resume`, and the scan goes on from where it stopped
+        once acks free credit. A dead
         consumer's entries thus come back at the pace they are processed,
         not one prefetch window per interval.
 
         Returns:
             The number of entries taken over and buffered for delivery.
         """
-        continuing = self.more_to_reclaim
         # A continued scan visits only the streams the last one left unfinished.
-        resume = self._reclaim_resume if continuing else None
-        self._reclaim_resume = set()
-        self.more_to_reclaim = False
+        resume = self.reclaim_resume or None
+        continuing = resume is not None
+        self.reclaim_resume = set()
         if not continuing:
             self._next_reclaim = monotonic() + self.options.unacked_restore_interval
         min_idle_ms = int(self.options.visibility_timeout * 1000)
@@ -87,8 +86,7 @@ class RecoveryMixin(ChannelState):
             credit = self.credit()
             if credit <= 0:
                 # Nothing could be scanned: scan again when credit frees up.
-                self._reclaim_resume.add(target.stream)
-                self.more_to_reclaim = True
+                self.reclaim_resume.add(target.stream)
                 continue
             start = self._reclaim_cursors.get(target.stream, "0-0")
             try:
@@ -106,8 +104,7 @@ class RecoveryMixin(ChannelState):
             if next_start != "0-0":
                 # The scan stopped at the credit before the end of the pending
                 # entries list: the rest is taken as acks free credit.
-                self._reclaim_resume.add(target.stream)
-                self.more_to_reclaim = True
+                self.reclaim_resume.add(target.stream)
             for entry_id, fields, deliveries in zip(
                 claimed[::3], claimed[1::3], claimed[2::3]
             ):

@@ -139,9 +139,9 @@ class SettlementMixin(ChannelState):
         self, target: ReadTarget, entry_id: str, raw: dict[str, Any]
     ) -> None:
         body, meta = envelope.encode(raw)
-        # NOTE: the redelivery headers add a few dozen bytes, so a message
-        # published within that of proto-max-bulk-len makes the server drop
-        # this connection here; it then stays pending until reclaimed.
+        # NOTE: the redelivery headers add a few dozen bytes. A message that
+        # was published that close to proto-max-bulk-len makes the server drop
+        # this connection here, and it stays pending until it is reclaimed.
         priority = clamp_priority(raw["properties"].get("priority"))
         step = priority_step(priority, self.options.priority_steps)
         # The channel's own connection does not retry: a retry after a lost

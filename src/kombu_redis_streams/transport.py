@@ -220,9 +220,9 @@ class Transport(virtual.Transport):
             if fd is not None:
                 waiting[fd] = channel
 
-        # The blocking read's empty reply ends an idle period; waiting a little
-        # longer than the block lets that reply, not the poll, end the wait,
-        # so an idle consumer wakes once per period instead of twice.
+        # The blocking read's empty reply ends an idle period. The wait lasts a
+        # little longer than the block, so that reply ends it, not the poll,
+        # and an idle consumer wakes once per period instead of twice.
         period = self.options.block_timeout_s + REPLY_SLACK_S
         timeout = period if remaining is None else min(remaining, period)
         wake_fd = self._ensure_wake_pipe()[0]
@@ -333,7 +333,7 @@ class Transport(virtual.Transport):
                 continue
             if channel.credit() <= 0:
                 continue  # an ack frees credit; the tick after it reads again
-            if channel.more_to_reclaim:
+            if channel.reclaim_resume:
                 # A dead consumer's entries are left: take the next share.
                 self._reclaim(channel)
                 if channel.buffered():
@@ -412,7 +412,7 @@ class Transport(virtual.Transport):
         try:
             return channel.reclaim()
         except self.connection_errors as exc:
-            channel.more_to_reclaim = False
+            channel.reclaim_resume.clear()
             logger.warning(
                 "The reclaim scan failed (%s); it runs again in %.0f s.",
                 exc,

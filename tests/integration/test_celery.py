@@ -39,14 +39,14 @@ from .celery_harness import (
 
 pytestmark = pytest.mark.celery
 
-#: Countdown of the ETA tasks a worker holds while it is shut down.
+#: Countdown of the ETA tasks a worker keeps unacked while it is shut down.
 ETA_DELAY_S = 3.0
 #: Seconds after which an AOF with appendfsync everysec has the last writes.
 AOF_FSYNC_WAIT_S = 1.5
 
 
 def pending_count(port: int, queue: str = "celery") -> int:
-    """Return how many entries of ``queue`` some consumer holds unacked."""
+    """Return how many entries of ``queue`` are delivered and not yet acked."""
     with redis.Redis(host="127.0.0.1", port=port) as client:
         try:
             reply = client.xpending(f"{{{queue}}}", f"kombu:{queue}")
@@ -432,7 +432,7 @@ def test_warm_shutdown_returns_eta_tasks(
     sent_at = time.time()
     results = [tasks.stamp.apply_async(countdown=ETA_DELAY_S) for _ in range(3)]
 
-    # The worker holds ETA tasks unacked until they are due. A warm shutdown
+    # The worker keeps ETA tasks unacked until they are due. A warm shutdown
     # before then must give them back at once, not leave them pending for
     # the hour of visibility_timeout.
     held = wait_for(lambda: pending_count(server.port) == 3, RESULT_TIMEOUT_S)

@@ -105,7 +105,7 @@ def test_large_reclaim_not_paced_by_interval(
 def test_reclaim_walks_past_live_entries(
     broker_url: str, redis_client: redis.Redis
 ) -> None:
-    # A live consumer holds the first 30 entries and a dead one the next 10.
+    # A live consumer has the first 30 entries and a dead one the next 10.
     # With a prefetch of 1, each scan may take one entry, and the live run
     # in front must not end the scan: the dead entries come back one after
     # the other, not one per interval (60 s here).
